@@ -1,0 +1,29 @@
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    input:
+        run_outputs("epochs.csv"),
+        run_outputs("run.json"),
+        run_outputs("model.pt"),
+        "results/tables/summary.csv",
+        "results/figures/loss.pdf",
+        "results/figures/accuracy.pdf",
+        "results/figures/throughput.pdf",

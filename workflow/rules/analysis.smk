@@ -1,0 +1,82 @@
+localrules:
+    gather_epoch_logs,
+    plot_loss_curves,
+
+
+rule gather_epoch_logs:
+    input:
+        epochs=run_outputs("epochs.csv"),
+        provenance=run_outputs("run.json"),
+    output:
+        epochs=report(
+            "results/tables/epochs.csv",
+            caption="../report/epochs_table.rst",
+            category="Tables",
+        ),
+        runs=report(
+            "results/tables/runs.csv",
+            caption="../report/runs_table.rst",
+            category="Tables",
+        ),
+        summary=report(
+            "results/tables/summary.csv",
+            caption="../report/summary_table.rst",
+            category="Tables",
+        ),
+        summary_md="results/tables/summary.md",
+        summary_tex="results/tables/summary.tex",
+    log:
+        "results/logs/gather_epoch_logs.log",
+    benchmark:
+        "results/benchmarks/gather_epoch_logs.tsv"
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        script=script_path("gather.py"),
+        out_dir=lambda wildcards, output: Path(output.epochs).parent,
+        run_dirs=lambda wildcards, input: [Path(p).parent for p in input.provenance],
+    shell:
+        "python {params.script} --out {params.out_dir} {params.run_dirs} > {log} 2>&1"
+
+
+rule plot_loss_curves:
+    input:
+        epochs="results/tables/epochs.csv",
+        runs="results/tables/runs.csv",
+    output:
+        loss_png="results/figures/loss.png",
+        loss=report(
+            "results/figures/loss.pdf",
+            caption="../report/loss.rst",
+            category="Training curves",
+        ),
+        accuracy_png="results/figures/accuracy.png",
+        accuracy=report(
+            "results/figures/accuracy.pdf",
+            caption="../report/accuracy.rst",
+            category="Training curves",
+        ),
+        throughput_png="results/figures/throughput.png",
+        throughput=report(
+            "results/figures/throughput.pdf",
+            caption="../report/throughput.rst",
+            category="Training curves",
+        ),
+    log:
+        "results/logs/plot_loss_curves.log",
+    benchmark:
+        "results/benchmarks/plot_loss_curves.tsv"
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        script=script_path("plot.py"),
+        out_dir=lambda wildcards, output: Path(output.loss).parent,
+    shell:
+        "python {params.script} --epochs {input.epochs} --runs {input.runs}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,53 @@
+localrules:
+    make_synthetic_fashion_mnist,
+    download_fashion_mnist,
+
+
+# Only used when data.synthetic is set (offline demo and tests).
+rule make_synthetic_fashion_mnist:
+    output:
+        files=expand(
+            "{mirror}/{name}",
+            mirror=SYNTHETIC_MIRROR,
+            name=FASHION_MNIST_FILES + ["MD5SUMS"],
+        ),
+    log:
+        "results/logs/make_synthetic_fashion_mnist.log",
+    benchmark:
+        "results/benchmarks/make_synthetic_fashion_mnist.tsv"
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        script=script_path("make_synthetic_fashion_mnist.py"),
+        out_dir=lambda wildcards, output: Path(output.files[0]).parent,
+        synthetic=config["data"]["synthetic"],
+    shell:
+        "python {params.script} --out-dir {params.out_dir}"
+        " --train-size {params.synthetic[train_size]} --test-size {params.synthetic[test_size]}"
+        " --seed {params.synthetic[seed]} > {log} 2>&1"
+
+
+# A local rule: on a cluster it runs on the login node, which has internet.
+rule download_fashion_mnist:
+    input:
+        mirror=synthetic_mirror_files(),
+    output:
+        data_files(),
+    log:
+        "results/logs/download_fashion_mnist.log",
+    benchmark:
+        "results/benchmarks/download_fashion_mnist.tsv"
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    params:
+        script=script_path("download_fashion_mnist.py"),
+        dest=lambda wildcards, output: Path(output[0]).parent,
+        sources=download_arguments,
+    shell:
+        "python {params.script} --dest {params.dest} {params.sources} > {log} 2>&1"

@@ -1,0 +1,27 @@
+rule train_model_parallel:
+    input:
+        data=data_files(),
+    output:
+        epochs="results/runs/{run}/epochs.csv",
+        provenance="results/runs/{run}/run.json",
+        model="results/runs/{run}/model.pt",
+    log:
+        # Appended to, so that every attempt of a resumed run stays readable.
+        "results/logs/train_model_parallel/{run}.log",
+    benchmark:
+        "results/benchmarks/train_model_parallel/{run}.tsv"
+    conda:
+        "../envs/pytorch.yaml"
+    threads: TRAIN_RESOURCES["cpus_per_task"]
+    resources:
+        **train_scheduler_resources(),
+    params:
+        script=script_path("train.py"),
+        data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+        out_dir=lambda wildcards, output: Path(output.epochs).parent,
+        options=train_arguments,
+        margin=TRAIN_RESOURCES["signal_seconds"],
+    shell:
+        "python {params.script} --data-dir {params.data_dir} --out-dir {params.out_dir}"
+        " {params.options} --threads {threads} --deadline-margin {params.margin}"
+        " >> {log} 2>&1"
