@@ -24,6 +24,7 @@ rule all:
         run_outputs("run.json"),
         run_outputs("model.pt"),
         "results/tables/summary.csv",
+        "results/tables/provenance.csv",
         "results/figures/loss.pdf",
         "results/figures/accuracy.pdf",
         "results/figures/throughput.pdf",

@@ -25,6 +25,11 @@ rule gather_epoch_logs:
         ),
         summary_md="results/tables/summary.md",
         summary_tex="results/tables/summary.tex",
+        provenance=report(
+            "results/tables/provenance.csv",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
     log:
         "results/logs/gather_epoch_logs.log",
     benchmark:

@@ -6,7 +6,7 @@ rule train_model_parallel:
         provenance="results/runs/{run}/run.json",
         model="results/runs/{run}/model.pt",
     log:
-        # Appended to, so that every attempt of a resumed run stays readable.
+        # Snakemake clears it before each attempt; a resumed run reprints the epochs it had.
         "results/logs/train_model_parallel/{run}.log",
     benchmark:
         "results/benchmarks/train_model_parallel/{run}.tsv"
@@ -24,4 +24,4 @@ rule train_model_parallel:
     shell:
         "python {params.script} --data-dir {params.data_dir} --out-dir {params.out_dir}"
         " {params.options} --threads {threads} --deadline-margin {params.margin}"
-        " >> {log} 2>&1"
+        " > {log} 2>&1"

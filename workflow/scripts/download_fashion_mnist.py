@@ -32,7 +32,8 @@ OFFLINE_HINT = (
     "cluster), copy the four .gz files to a folder it can read and list that folder "
     "first in the config key data.mirrors, e.g.\n"
     "  data:\n    mirrors: [/path/to/fashion_mnist]\n"
-    "(the download rule is a local rule: on a cluster it runs on the login node)."
+    "(the download rule is a local rule: on a cluster it runs on the login node).\n"
+    "To check the installation without any download: make demo (config/demo.yaml)."
 )
 
 

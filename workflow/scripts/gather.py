@@ -75,6 +75,7 @@ are not called ``devices`` because that is already a parameter column.
 SUMMARY_METRICS = ["final_test_accuracy", "final_test_loss", "final_train_loss"]
 SUMMARY_STATS = ["mean", "std", "ci95_low", "ci95_high"]
 SEED_COLUMN = "seed"
+PROVENANCE_VERSIONS = ["python", "torch", "torchvision", "snakemake", "numpy", "cuda", "cudnn"]
 
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 TUTORIAL_LINE = re.compile(
@@ -511,6 +512,43 @@ def build_runs_table(runs: list[Run], params: pd.DataFrame | None = None) -> pd.
     return pd.concat([params.reset_index(drop=True), metrics], axis=1)
 
 
+def provenance_row(run: Run) -> dict:
+    """Where and how one run was made: code, software, hardware, scheduler, data."""
+    info = run.info
+
+    def section(key) -> dict:
+        value = info.get(key)
+        return value if isinstance(value, dict) else {}
+
+    attempts = info.get("attempts") if isinstance(info.get("attempts"), list) else []
+    job_ids = [a["slurm"]["job_id"] for a in attempts if isinstance(a.get("slurm"), dict)]
+    row = {
+        "run_id": run.run_id,
+        "git_commit": _join(section("git").get("commit")),
+        "git_dirty": _join(section("git").get("dirty")),
+        **{name: _join(section("versions").get(name)) for name in PROVENANCE_VERSIONS},
+        "stage_devices": _join(section("devices").get("stages")),
+        "device_names": _join(section("devices").get("names")),
+        "threads": _join(section("config").get("threads")),
+        "hostname": _join(info.get("hostname")),
+        "cuda_visible_devices": _join(info.get("cuda_visible_devices")),
+        "slurm_job_ids": " ".join(job_ids) if job_ids else math.nan,
+        "slurm_partition": _join(section("slurm").get("partition")),
+        "slurm_node": _join(section("slurm").get("node")),
+        "attempts": len(attempts) if attempts else math.nan,
+        "started": _join(info.get("started")),
+        "finished": _join(info.get("finished")),
+    }
+    for name, md5 in sorted(section("data_md5").items()):
+        row[f"md5_{name}"] = md5
+    return row
+
+
+def build_provenance_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run folder (tutorial logs carry no provenance)."""
+    return pd.DataFrame([provenance_row(r) for r in runs if r.info])
+
+
 def config_columns(param_cols) -> list[str]:
     """The parameter columns that define a configuration (all but seed)."""
     return [c for c in param_cols if c != SEED_COLUMN]
@@ -740,7 +778,9 @@ def build_tables(runs: list[Run]):
     return epochs_df, runs_df, summary_df, param_cols
 
 
-def write_outputs(out_dir, epochs_df, runs_df, summary_df, param_cols) -> list[Path]:
+def write_outputs(
+    out_dir, epochs_df, runs_df, summary_df, param_cols, provenance_df=None
+) -> list[Path]:
     """Format everything first, then write each file atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -754,6 +794,8 @@ def write_outputs(out_dir, epochs_df, runs_df, summary_df, param_cols) -> list[P
         (out_dir / "summary.md", lambda p: write_text_atomic(p, md)),
         (out_dir / "summary.tex", lambda p: write_text_atomic(p, tex)),
     ]
+    if provenance_df is not None:
+        outputs.append((out_dir / "provenance.csv", lambda p: write_csv_atomic(p, provenance_df)))
     for path, write in outputs:
         write(path)
     return [p for p, _ in outputs]
@@ -781,7 +823,8 @@ def gather(paths, out_dir, skip_bad_lines: bool = False):
         print(f"gather: skipped {total} malformed line(s) in total", file=sys.stderr)
     epochs_df, runs_df, summary_df, param_cols = build_tables(runs)
     if out_dir is not None:
-        write_outputs(out_dir, epochs_df, runs_df, summary_df, param_cols)
+        provenance_df = build_provenance_table(runs)
+        write_outputs(out_dir, epochs_df, runs_df, summary_df, param_cols, provenance_df)
     return epochs_df, runs_df, summary_df
 
 
@@ -791,7 +834,7 @@ def main(argv=None) -> int:
         description=(
             "Gather run folders (epochs.csv + run.json) and tutorial logs "
             "('Epoch [i/n], Loss: x' lines) into epochs.csv, runs.csv, "
-            "summary.csv, summary.md and summary.tex."
+            "summary.csv, summary.md, summary.tex and provenance.csv (run folders only)."
         ),
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")

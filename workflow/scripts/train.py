@@ -341,7 +341,7 @@ def environment_record() -> dict:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "versions": {
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only
             "torchvision": package_version("torchvision"),
             "snakemake": package_version("snakemake"),
             "numpy": package_version("numpy"),

@@ -1,0 +1,41 @@
+# The README's commands. Each sets up what it needs first (a virtual environment in .venv).
+#   make run    the workflow on the default config, locally (GPUs if present, else the CPU)
+#   make demo   the same on a generated SYNTHETIC dataset: offline, about a minute
+#   make test   the whole test suite (starts a real single-node SLURM; needs root for apt)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# The rules call `python`: make it this environment's.
+export PATH := $(BIN):$(PATH)
+# Extra arguments for snakemake or pytest, e.g. make run ARGS="--configfile my.yaml"
+ARGS ?=
+
+.PHONY: setup run demo test lint clean-results
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	@echo "Running the workflow locally on config/config.yaml (profiles/local)."
+	@echo "Training uses two GPUs if present, else one, else the CPU: results/logs/train_model_parallel/ says which."
+	snakemake --profile profiles/local $(ARGS)
+
+demo: setup
+	@echo "Offline demo on SYNTHETIC data in FashionMNIST's format (config/demo.yaml)."
+	snakemake --profile profiles/local --configfile config/demo.yaml $(ARGS)
+
+test: setup
+	bash tests/slurm/start_cluster.sh
+	pytest $(ARGS)
+
+lint: setup
+	snakemake --lint
+	snakefmt --check Snakefile workflow
+	ruff check .
+	ruff format --check .

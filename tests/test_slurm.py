@@ -1,0 +1,235 @@
+"""The cluster profile against a real single-node SLURM (tests/slurm/start_cluster.sh).
+
+Every workflow run goes through `snakemake --profile profiles/slurm`, sbatch and srun;
+what SLURM allocated is read back from sacct.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_helpers import REPO, copy_workflow, metric_columns, workflow_env, write_synthetic
+
+pytestmark = pytest.mark.slurm
+
+SLURM_FLAGS = [
+    "--profile",
+    "profiles/slurm",
+    # The test cluster answers at once; the plugin's default first wait is 40 s.
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--seconds-between-status-checks",
+    "2",
+]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    start = subprocess.run(
+        ["bash", str(REPO / "tests/slurm/start_cluster.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert start.returncode == 0, (
+        f"SLURM test cluster did not start:\n{start.stdout}\n{start.stderr}"
+    )
+    return start.stdout
+
+
+def slurm_env() -> dict:
+    return workflow_env(FMNIST_SLURM_ACCOUNT="root", FMNIST_SLURM_PARTITION="debug")
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Key-by-key merge, like Snakemake's --configfile."""
+    merged = dict(base)
+    for key, value in update.items():
+        is_dict = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge(merged[key], value) if is_dict else value
+    return merged
+
+
+def write_overlay(path: Path, **sections) -> Path:
+    base = {
+        "data": {
+            "dir": "resources/synthetic",
+            "synthetic": {"train_size": 2000, "test_size": 500, "seed": 0},
+        },
+        "train": {"epochs": 2},
+        "resources": {"train_model_parallel": {"cpus_per_task": 1, "mem_mb": 1500, "runtime": 10}},
+    }
+    path.write_text(yaml.safe_dump(merge(base, sections)))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["timeout", "-k", "10", str(timeout), "snakemake", *SLURM_FLAGS, *args],
+        cwd=workdir,
+        env=slurm_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
+def sacct(job_id: str, fields: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().split("|")
+
+
+def job_ids(run_json: Path) -> list[str]:
+    record = json.loads(run_json.read_text())
+    return [a["slurm"]["job_id"] for a in record["attempts"]]
+
+
+def test_training_job_gets_two_gpus_and_correct_outputs(slurm_cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    overlay = write_overlay(workdir / "overlay.yaml")
+    result = run_snakemake(workdir, "--configfile", str(overlay))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    run_dir = workdir / "results/runs/base"
+    record = json.loads((run_dir / "run.json").read_text())
+    job = record["slurm"]["job_id"]
+    state, tres = sacct(job, "State,AllocTRES")
+    assert state == "COMPLETED"
+    assert "gres/gpu=2" in tres
+    assert record["slurm"]["partition"] == "debug"
+    assert record["slurm"]["node"] == "localhost"
+    # The script saw the two GPUs SLURM gave the job.
+    assert record["cuda_visible_devices"] == "0,1"
+    rows = list(csv.DictReader((run_dir / "epochs.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert (workdir / "results/tables/summary.csv").exists()
+    assert (workdir / "results/figures/loss.pdf").exists()
+    # Download, gather and plot are local rules: only training went through sbatch.
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+
+
+def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    # One GPU each, so the node (2 GPUs, 2 cores) can run both at once.
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        sweep={"seed": [0, 1]},
+        resources={"train_model_parallel": {"gpu": 1}},
+        train={"epochs": 3},
+    )
+    result = run_snakemake(workdir, "--configfile", str(overlay))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    spans = []
+    for seed in (0, 1):
+        (job,) = job_ids(workdir / f"results/runs/seed={seed}/run.json")
+        state, start, end = sacct(job, "State,Start,End")
+        assert state == "COMPLETED"
+        spans.append((start, end))
+    # Both were running at the same time (ISO timestamps compare as strings).
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a, spans
+    runs = list(csv.DictReader((workdir / "results/tables/runs.csv").open()))
+    assert sorted(r["run_id"] for r in runs) == ["seed=0", "seed=1"]
+
+
+def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, tmp_path):
+    """runtime: 2 leaves 30 s of work per job: the run needs several jobs to finish."""
+    workdir = copy_workflow(tmp_path / "wf")
+    synthetic = {"train_size": 10000, "test_size": 500, "seed": 0}
+    data = {"dir": "resources/synthetic", "synthetic": synthetic}
+    train = {"epochs": 6, "hidden_size": 2048, "devices": ["cpu", "cpu"]}
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        data=data,
+        train=train,
+        resources={"train_model_parallel": {"runtime": 2, "signal_seconds": 90}},
+    )
+    # The uninterrupted reference, computed meanwhile on the other core from the same
+    # (deterministically generated) data.
+    reference_dir = tmp_path / "reference"
+    sums = write_synthetic(tmp_path / "reference_data", **synthetic)
+    reference = start_reference(tmp_path / "reference_data", reference_dir, train)
+    result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
+    reference_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, reference_out
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    run_dir = workdir / "results/runs/base"
+    record = json.loads((run_dir / "run.json").read_text())
+    attempts = record["attempts"]
+    assert len(attempts) >= 2, attempts
+    early = {"the SLURM time limit is near", "received SIGURG"}
+    assert all(a["stopped"] in early for a in attempts[:-1]), attempts
+    # Every job but the last ended as FAILED (exit 75) before SLURM's limit: no TIMEOUT.
+    states = [sacct(a["slurm"]["job_id"], "State")[0] for a in attempts]
+    assert states[-1] == "COMPLETED" and "TIMEOUT" not in states, states
+    assert len({a["slurm"]["job_id"] for a in attempts}) == len(attempts)
+
+    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
+    assert log.count("Checkpoint saved at epoch") == len(attempts) - 1
+    epochs = [r["epoch"] for r in csv.DictReader((run_dir / "epochs.csv").open())]
+    assert epochs == [str(e) for e in range(1, 7)]
+
+    assert record["data_md5"] == sums
+    expected = metric_columns(reference_dir / "epochs.csv")
+    assert metric_columns(run_dir / "epochs.csv") == expected
+
+
+def start_reference(data_dir: Path, out_dir: Path, train: dict) -> subprocess.Popen:
+    """The same run without interruption, straight from the training script."""
+    command = [
+        sys.executable,
+        str(REPO / "workflow/scripts/train.py"),
+        "--data-dir",
+        str(data_dir),
+        "--out-dir",
+        str(out_dir),
+        "--devices",
+        *train["devices"],
+        "--epochs",
+        str(train["epochs"]),
+        "--hidden-size",
+        str(train["hidden_size"]),
+        "--threads",
+        "1",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_failing_job_is_reported_with_its_log(slurm_cluster, tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    # The test cluster's GPUs are stand-ins: asking for CUDA devices fails inside the job.
+    overlay = write_overlay(workdir / "overlay.yaml", train={"devices": ["cuda:0", "cuda:1"]})
+    result = run_snakemake(workdir, "--configfile", str(overlay), "--retries", "0")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Error in rule train_model_parallel" in output
+    assert "results/logs/train_model_parallel/base.log" in output
+    assert "SLURM status is: 'FAILED'" in output
+    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
+    assert "train.devices requests ['cuda:0', 'cuda:1']" in log
+    assert not (workdir / "results/runs/base/run.json").exists()
+
+
+def test_profile_names_no_machine_specific_values():
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["default-resources"] == {
+        "slurm_account": "$FMNIST_SLURM_ACCOUNT",
+        "slurm_partition": "$FMNIST_SLURM_PARTITION",
+    }
+    # The workflow's own needs live in the config, not in the profile.
+    assert "set-resources" not in profile
+    assert os.path.isdir(REPO / "profiles/local")
