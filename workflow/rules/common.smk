@@ -1,5 +1,7 @@
 import itertools
+import math
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -46,18 +48,36 @@ def run_id(swept_values):
     )
 
 
+INTEGER_PARAMETERS = {"epochs", "batch_size", "hidden_size", "seed", "microbatches"}
+
+
+def check_numbers(value, key):
+    """What JSON Schema lets through: NaN and infinity, and integers written as 2.0."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            check_numbers(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            check_numbers(item, key)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise WorkflowError(f"config key {key}: {value} is not a finite number")
+    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_PARAMETERS:
+        raise WorkflowError(f"config key {key}: {value} must be written as an integer")
+
+
 def build_runs(train, sweep):
     """{run id: parameters} for the Cartesian product of the sweep over the base settings."""
     keys = list(sweep)
-    runs = {}
+    runs, swept = {}, {}
     for combination in itertools.product(*(sweep[k] for k in keys)):
         swept_values = dict(zip(keys, combination))
         params = {**train, **swept_values}
         name = run_id(swept_values)
         if name in runs:
             raise WorkflowError(
-                f"sweep: values {swept_values} and {runs[name]} give the same run id {name!r}"
+                f"sweep: values {swept_values} and {swept[name]} give the same run id {name!r}"
             )
+        swept[name] = swept_values
         if params["microbatches"] > params["batch_size"]:
             raise WorkflowError(
                 f"run {name}: train.microbatches ({params['microbatches']}) exceeds "
@@ -78,6 +98,7 @@ def check_time_limit(resources):
         )
 
 
+check_numbers(config, "")
 RUNS = build_runs(config["train"], config["sweep"])
 check_time_limit(TRAIN_RESOURCES)
 
@@ -100,7 +121,7 @@ def download_arguments(wildcards, input):
     """Mirrors and expected sums for the download script."""
     if input.mirror:
         return f"--mirror {SYNTHETIC_MIRROR} --md5-file {SYNTHETIC_MIRROR}/MD5SUMS"
-    mirrors = " ".join(f"--mirror '{m}'" for m in config["data"]["mirrors"])
+    mirrors = " ".join(f"--mirror {shlex.quote(m)}" for m in config["data"]["mirrors"])
     sums = " ".join(
         f"--md5 {name}={value}" for name, value in config["data"]["md5"].items()
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -56,7 +57,7 @@ def open_source(mirror: str, name: str, timeout: float):
             return urllib.request.urlopen(request, timeout=timeout), url
         except urllib.error.HTTPError as err:
             raise MirrorError(f"{url}: HTTP {err.code} {err.reason}") from err
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise MirrorError(f"{url}: cannot connect ({reason})") from err
     if parsed.scheme not in ("", "file"):
@@ -88,8 +89,8 @@ def fetch_verified(mirror: str, name: str, expected_md5: str, dest: Path, timeou
                 f"expected {expected_md5}; corrupt or truncated)"
             )
         os.replace(partial, dest)
-    except (OSError, EOFError) as err:
-        raise MirrorError(f"{where}: read failed after {size} bytes ({err})") from err
+    except (OSError, EOFError, http.client.HTTPException) as err:
+        raise MirrorError(f"{where}: read failed after {size} bytes ({err!r})") from err
     finally:
         partial.unlink(missing_ok=True)
     return where

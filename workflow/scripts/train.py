@@ -257,27 +257,46 @@ def load_checkpoint(path: Path, expected_fingerprint: str):
 
 
 class StopWatch:
-    """Says when to stop early: on a signal, or when the SLURM deadline is near."""
+    """Says when to stop early: on SIGTERM/SIGINT, or when the SLURM deadline is near.
+
+    The deadline comes from squeue. SLURM's warning signal (SIGURG, `--signal=URG@N`)
+    can arrive up to ~30 s before it is due, so while the end time is known it only
+    makes us read the end time again (an admin may have changed the limit); without
+    a known end time it means stop.
+    """
 
     def __init__(self, margin_seconds: float):
+        self.margin = margin_seconds
         self.reason = None
         self.deadline = None
+        self.recheck = False
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGURG):
             signal.signal(sig, self._on_signal)
+        self._read_deadline(first=True)
+
+    def _read_deadline(self, first: bool = False) -> None:
         end = slurm_end_time()
-        if end is not None:
-            left = end - time.time()
-            if left <= margin_seconds:
-                # Still make progress: the margin must leave room for work.
-                log(f"only {left:.0f} s left, below the {margin_seconds:.0f} s margin: using half")
-                margin_seconds = left / 2
-            self.deadline = end - margin_seconds
-            log(f"SLURM time limit in {left:.0f} s; will stop {margin_seconds:.0f} s before it")
+        if end is None:
+            return
+        left = end - time.time()
+        margin = self.margin
+        if left <= margin and first:
+            # Still make progress: the margin must leave room for work.
+            log(f"only {left:.0f} s left, below the {margin:.0f} s margin: using half")
+            margin = self.margin = left / 2
+        self.deadline = end - margin
+        log(f"SLURM time limit in {left:.0f} s; will stop {margin:.0f} s before it")
 
     def _on_signal(self, signum, frame) -> None:
-        self.reason = f"received {signal.Signals(signum).name}"
+        if signum == signal.SIGURG and self.deadline is not None:
+            self.recheck = True  # squeue is not called from a signal handler
+        else:
+            self.reason = f"received {signal.Signals(signum).name}"
 
     def should_stop(self) -> bool:
+        if self.recheck:
+            self.recheck = False
+            self._read_deadline()
         if self.reason is None and self.deadline is not None and time.time() >= self.deadline:
             self.reason = "the SLURM time limit is near"
         return self.reason is not None

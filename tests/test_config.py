@@ -1,0 +1,393 @@
+"""Configuration: the schema and the workflow's own checks refuse bad settings before any job.
+
+Every check runs `snakemake -n -p --configfile OVERLAY.yaml` in a fresh copy of the workflow
+(Snakefile, workflow/, config/, profiles/), as a user would; nothing is downloaded or trained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+SNAKEMAKE = VENV_BIN / "snakemake" if (VENV_BIN / "snakemake").exists() else "snakemake"
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def workflow_env() -> dict:
+    env = dict(os.environ)
+    first = [str(VENV_BIN), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join([*first, env.get("PATH", "")])
+    return env
+
+
+def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> tuple[int, str]:
+    """Run snakemake in `workdir`; return (exit status, stdout + stderr)."""
+    command = [str(SNAKEMAKE), *args]
+    if overlay is not None:
+        path = workdir / "overlay.yaml"
+        path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+        command += ["--configfile", str(path)]
+    result = subprocess.run(
+        command,
+        cwd=workdir,
+        env=workflow_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run."""
+    table = output.split("Job stats:", 1)[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def train_run_ids(output: str) -> list[str]:
+    return sorted(set(re.findall(r"output: results/runs/([^/\s]+)/epochs\.csv", output)))
+
+
+def train_commands(output: str) -> dict[str, str]:
+    """Run id -> the training job's shell command."""
+    commands = {}
+    for line in output.splitlines():
+        if "workflow/scripts/train.py" in line:
+            commands[re.search(r"--run-id (\S+)", line)[1]] = line
+    return commands
+
+
+# --------------------------------------------------------------------- bad configs
+
+# name: (overlay, texts the error output must contain)
+BAD_CONFIGS = {
+    "typo-train-epoch": ({"train": {"epoch": 3}}, ["'epoch' was unexpected"]),
+    "unknown-top-level-key": ({"sweeps": {"lr": [0.1]}}, ["'sweeps' was unexpected"]),
+    "lr-not-a-number": (
+        {"train": {"lr": "fast"}},
+        ["'fast' is not of type 'number'", "instance['train']['lr']"],
+    ),
+    "epochs-zero": (
+        {"train": {"epochs": 0}},
+        ["0 is less than the minimum of 1", "instance['train']['epochs']"],
+    ),
+    "lr-zero": (
+        {"train": {"lr": 0}},
+        ["0 is less than or equal to the minimum of 0", "instance['train']['lr']"],
+    ),
+    "batch-size-negative": (
+        {"train": {"batch_size": -1}},
+        ["-1 is less than the minimum of 1", "instance['train']['batch_size']"],
+    ),
+    "device-tpu": (
+        {"train": {"devices": ["tpu"]}},
+        ["['tpu'] is not valid", "instance['train']['devices']"],
+    ),
+    "device-bare-string": (
+        {"train": {"devices": "cuda:0"}},
+        ["'cuda:0' is not valid", "instance['train']['devices']"],
+    ),
+    "three-devices": (
+        {"train": {"devices": ["cpu", "cpu", "cpu"]}},
+        ["instance['train']['devices']"],
+    ),
+    "md5-31-hex-digits": (
+        {"data": {"md5": {"t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd31"}}},
+        [
+            "'bb300cfdad3c16e7a12a480ee83cd31' does not match",
+            "instance['data']['md5']['t10k-labels-idx1-ubyte.gz']",
+        ],
+    ),
+    "md5-unknown-file": (
+        {"data": {"md5": {"train-images.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d"}}},
+        ["'train-images.gz' was unexpected"],
+    ),
+    "no-mirrors": ({"data": {"mirrors": []}}, ["instance['data']['mirrors']"]),
+    "synthetic-size-zero": (
+        {"data": {"synthetic": {"train_size": 0}}},
+        ["instance['data']['synthetic']"],
+    ),
+    "runtime-below-signal": (
+        {"resources": {"train_model_parallel": {"runtime": 1}}},
+        [
+            "resources.train_model_parallel.runtime (1 min)",
+            "signal_seconds (90 s)",
+            "Raise runtime or lower signal_seconds",
+        ],
+    ),
+    "signal-seconds-too-small": (
+        {"resources": {"train_model_parallel": {"signal_seconds": 5}}},
+        ["5 is less than the minimum of 10", "['train_model_parallel']['signal_seconds']"],
+    ),
+    "sweep-duplicate-lr": (
+        {"sweep": {"lr": [0.01, 0.001, 0.01]}},
+        ["has non-unique elements", "instance['sweep']['lr']"],
+    ),
+    "sweep-duplicate-devices": (
+        {"sweep": {"devices": [["cpu", "cpu"], ["cpu", "cpu"]]}},
+        ["same run id 'devices=cpu+cpu'"],
+    ),
+    "sweep-empty-list": ({"sweep": {"seed": []}}, ["instance['sweep']['seed']"]),
+    "microbatches-over-batch-size": (
+        {"train": {"microbatches": 200}},
+        ["run base: train.microbatches (200) exceeds train.batch_size (100)"],
+    ),
+    "microbatches-over-swept-batch-size": (
+        {"train": {"microbatches": 50}, "sweep": {"batch_size": [100, 10]}},
+        ["run batch_size=10: train.microbatches (50) exceeds train.batch_size (10)"],
+    ),
+    # Values the training script refuses (positive_float) must not get past the config.
+    "lr-infinite": ({"train": {"lr": float("inf")}}, ["lr"]),
+    "lr-nan": ({"train": {"lr": float("nan")}}, ["lr"]),
+    # socket timeouts refuse NaN: the download job would crash instead of trying the mirrors.
+    "timeout-nan": ({"data": {"timeout_seconds": float("nan")}}, ["timeout_seconds"]),
+    "timeout-infinite": ({"data": {"timeout_seconds": float("inf")}}, ["timeout_seconds"]),
+}
+
+
+# Snakemake's own command line (snakemake.cli.main), called once per folder inside one Python
+# process: the same parsing and checks as `snakemake -n -p --configfile overlay.yaml`, without
+# paying Snakemake's import time once per case. Output goes to the folder's dryrun.out.
+BATCH_RUNNER = """
+import os, sys
+from snakemake.cli import main
+
+for workdir in sys.argv[1:]:
+    os.chdir(workdir)
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open("dryrun.out", "wb") as out:
+        os.dup2(out.fileno(), 1); os.dup2(out.fileno(), 2)
+        try:
+            main(["-n", "-p", "--configfile", "overlay.yaml"])
+            status = 0
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+        except BaseException as err:
+            print("runner: unexpected", repr(err))
+            status = 99
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    with open("dryrun.status", "w") as handle:
+        handle.write(str(status))
+"""
+
+
+# Named overlays that the good-config tests below look at.
+GOOD_CONFIGS = {
+    "epochs-2": {"train": {"epochs": 2}},
+    "mirrors-replaced": {
+        "data": {"mirrors": ["/shared/fashion_mnist"]},
+        "train": {"devices": ["cpu", "cpu"]},
+    },
+    "sweep-2x2": {"sweep": {"lr": [0.01, 0.001], "seed": [0, 1]}},
+    "sweep-3x3": {"sweep": {"seed": [0, 1, 2], "lr": [0.01, 0.001, 1e-05]}},
+    "sweep-devices": {"sweep": {"devices": [["cuda:0", "cuda:1"], "auto", ["cpu"]]}},
+    "synthetic-seed": {"data": {"synthetic": {"seed": 4}, "dir": "resources/synthetic"}},
+    "synthetic-empty": {"data": {"synthetic": {}}},
+    "epochs-2.0": {"train": {"epochs": 2.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """(exit status, output) of a dry run of every BAD_CONFIGS and GOOD_CONFIGS overlay."""
+    root = tmp_path_factory.mktemp("dry-runs")
+    overlays = {**{k: v[0] for k, v in BAD_CONFIGS.items()}, **GOOD_CONFIGS}
+    assert len(overlays) == len(BAD_CONFIGS) + len(GOOD_CONFIGS)
+    folders = {}
+    for name, overlay in overlays.items():
+        folders[name] = copy_workflow(root / name)
+        (folders[name] / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    runner = subprocess.run(
+        [sys.executable, "-c", BATCH_RUNNER, *map(str, folders.values())],
+        env=workflow_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert runner.returncode == 0, runner.stdout + runner.stderr
+    return {
+        name: (int((folder / "dryrun.status").read_text()), (folder / "dryrun.out").read_text())
+        for name, folder in folders.items()
+    }
+
+
+def succeeded(dry_runs, name: str) -> str:
+    status, output = dry_runs[name]
+    assert status == 0, output[-3000:]
+    assert "This was a dry-run" in output
+    return output
+
+
+def download_command(output: str) -> str:
+    return next(line for line in output.splitlines() if "download_fashion_mnist.py" in line)
+
+
+@pytest.mark.parametrize("name", list(BAD_CONFIGS))
+def test_bad_config_fails_dry_run_naming_the_key(dry_runs, name):
+    status, output = dry_runs[name]
+    assert status != 0, f"dry run accepted {BAD_CONFIGS[name][0]}:\n{output[-3000:]}"
+    for text in BAD_CONFIGS[name][1]:
+        assert text in output, f"{text!r} missing from:\n{output[-3000:]}"
+    assert "Job stats:" not in output  # refused before planning any job
+    assert "Traceback" not in output
+
+
+def test_bad_config_creates_nothing_in_a_real_run(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    status, output = snakemake(
+        workdir, "--cores", "1", overlay={"train": {"epoch": 3, "devices": ["cpu"]}}
+    )
+    assert status == 1
+    assert "'epoch' was unexpected" in output
+    assert not (workdir / "results").exists()
+    assert not (workdir / "resources").exists()
+
+
+def test_integral_float_epochs_reach_the_script_as_an_integer(dry_runs):
+    # JSON Schema counts 2.0 as an integer; train.py's --epochs only accepts "2".
+    status, output = dry_runs["epochs-2.0"]
+    if status != 0:
+        assert "epochs" in output
+    else:
+        command = train_commands(output)["base"]
+        assert " --epochs 2 " in command, command
+
+
+# -------------------------------------------------------------------- good configs
+
+
+def test_default_config_dry_run(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    status, output = snakemake(workdir, "-n", "-p")
+    assert status == 0, output[-3000:]
+    assert job_counts(output) == {
+        "download_fashion_mnist": 1,
+        "train_model_parallel": 1,
+        "gather_epoch_logs": 1,
+        "plot_loss_curves": 1,
+        "all": 1,
+        "total": 5,
+    }
+    command = train_commands(output)["base"]
+    for option in (
+        "--data-dir resources/fashion_mnist",
+        "--out-dir results/runs/base",
+        "--devices auto",
+        "--epochs 10",
+        "--batch-size 100",
+        "--lr 0.01",
+        "--hidden-size 200",
+        "--seed 0",
+        "--microbatches 1",
+        "--adam-impl for_loop",
+        "--deadline-margin 90",
+    ):
+        assert f"{option} " in command, (option, command)
+    assert "--tutorial-double-scaling" not in command
+    # The official mirrors and sums go to the download script.
+    download = download_command(output)
+    assert "--mirror http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ " in download
+    assert "--md5 train-images-idx3-ubyte.gz=8d4fb7e6c68d591d4c3dfef9ec88bf0d" in download
+    assert "--timeout 60" in download
+    assert not (workdir / "results").exists()
+
+
+def test_overlay_merges_over_defaults(dry_runs):
+    output = succeeded(dry_runs, "epochs-2")
+    command = train_commands(output)["base"]
+    assert "--epochs 2 --batch-size 100 --lr 0.01 --hidden-size 200 --seed 0" in command
+    assert "--devices auto" in command
+
+
+def test_overlay_replaces_lists_whole_and_keeps_other_keys(dry_runs):
+    output = succeeded(dry_runs, "mirrors-replaced")
+    download = download_command(output)
+    assert download.count("--mirror ") == 1
+    assert "--mirror /shared/fashion_mnist " in download
+    assert "amazonaws" not in download
+    assert download.count("--md5 ") == 4  # data.md5 kept from the defaults
+    assert "--devices cpu cpu " in train_commands(output)["base"]
+
+
+def test_sweep_runs_are_the_cartesian_product(dry_runs):
+    output = succeeded(dry_runs, "sweep-2x2")
+    assert job_counts(output)["train_model_parallel"] == 4
+    ids = ["lr=0.001_seed=0", "lr=0.001_seed=1", "lr=0.01_seed=0", "lr=0.01_seed=1"]
+    assert train_run_ids(output) == ids
+    commands = train_commands(output)
+    assert sorted(commands) == ids
+    for run in ids:
+        lr, seed = (part.split("=")[1] for part in run.split("_"))
+        assert f"--lr {lr} " in commands[run]
+        assert f"--seed {seed} " in commands[run]
+        assert f"--out-dir results/runs/{run} " in commands[run]
+        assert "--swept lr seed " in commands[run]
+        assert "--epochs 10 " in commands[run]  # unswept settings from train:
+    # One gather over all four runs.
+    assert job_counts(output)["gather_epoch_logs"] == 1
+    gather = next(line for line in output.splitlines() if "scripts/gather.py" in line)
+    for run in ids:
+        assert f"results/runs/{run}" in gather
+
+
+def test_adding_a_sweep_value_keeps_existing_run_ids(dry_runs):
+    before = train_run_ids(succeeded(dry_runs, "sweep-2x2"))
+    output = succeeded(dry_runs, "sweep-3x3")
+    ids = train_run_ids(output)
+    assert len(ids) == 9
+    assert set(before) <= set(ids)
+    assert "lr=1e-05_seed=2" in ids
+    assert "--lr 1e-05 " in train_commands(output)["lr=1e-05_seed=2"]
+
+
+def test_device_lists_in_run_ids(dry_runs):
+    output = succeeded(dry_runs, "sweep-devices")
+    assert train_run_ids(output) == ["devices=auto", "devices=cpu", "devices=cuda0+cuda1"]
+    commands = train_commands(output)
+    assert "--devices cuda:0 cuda:1 " in commands["devices=cuda0+cuda1"]
+    assert "--devices cpu " in commands["devices=cpu"]
+
+
+def test_synthetic_settings_get_schema_defaults(dry_runs):
+    output = succeeded(dry_runs, "synthetic-seed")
+    assert job_counts(output)["make_synthetic_fashion_mnist"] == 1
+    assert "--train-size 10000 --test-size 2000 --seed 4 " in output
+    download = download_command(output)
+    mirror = "resources/synthetic_fashion_mnist_mirror"
+    assert f"--dest resources/synthetic --mirror {mirror} --md5-file {mirror}/MD5SUMS" in download
+    assert "amazonaws" not in download
+    assert "--data-dir resources/synthetic " in train_commands(output)["base"]
+
+
+def test_empty_synthetic_mapping_means_all_defaults(dry_runs):
+    # The schema documents `synthetic: {}` (an object whose keys all have defaults) as valid;
+    # it must enable the synthetic data, not silently fall back to downloading the real one.
+    output = succeeded(dry_runs, "synthetic-empty")
+    assert job_counts(output).get("make_synthetic_fashion_mnist") == 1, output[-3000:]
+    assert "--train-size 10000 --test-size 2000 --seed 0 " in output
+
+
+def test_lint_is_clean(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    status, output = snakemake(workdir, "--lint")
+    assert status == 0, output[-3000:]
+    assert "Congratulations, your workflow is in a good condition!" in output

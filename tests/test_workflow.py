@@ -1,0 +1,259 @@
+"""The whole workflow, end to end, on the CPU and offline, as a user runs it.
+
+A copy of the workflow (Snakefile, workflow/, config/, profiles/) runs with the local profile
+and a small overlay: SYNTHETIC data (generated, then fetched through the download rule from a
+local-folder mirror), 2 epochs on [cpu, cpu]. Then the report is built and a second dry run has
+nothing to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+SNAKEMAKE = str(VENV_BIN / "snakemake") if (VENV_BIN / "snakemake").exists() else "snakemake"
+
+FILES = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+]
+MIRROR = "resources/synthetic_fashion_mnist_mirror"
+DATA_DIR = "resources/synthetic"
+COLUMNS = [
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "epoch_seconds",
+    "samples_per_second",
+]
+OVERLAY = {
+    "data": {
+        "dir": DATA_DIR,
+        "synthetic": {"train_size": 2000, "test_size": 500, "seed": 0},
+    },
+    "train": {"epochs": 2, "devices": ["cpu", "cpu"]},
+}
+TUTORIAL_LINE = re.compile(r"^Epoch \[\d+/2\], Loss: \d+\.\d{4}$")
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def workflow_env() -> dict:
+    """The rules call `python`: the venv's (or this interpreter's) comes first on PATH."""
+    env = dict(os.environ)
+    first = [str(VENV_BIN), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join([*first, env.get("PATH", "")])
+    # No GPU is used even where one is visible: the overlay asks for [cpu, cpu].
+    return env
+
+
+def snakemake(workdir: Path, *args: str, limit: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["timeout", "-k", "10", str(limit), SNAKEMAKE, *args],
+        cwd=workdir,
+        env=workflow_env(),
+        capture_output=True,
+        text=True,
+        timeout=limit + 30,
+    )
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def workflow_run(tmp_path_factory):
+    """The copy of the workflow after one complete run (and the run's output)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("e2e") / "wf")
+    (workdir / "overlay.yaml").write_text(yaml.safe_dump(OVERLAY, sort_keys=False))
+    result = snakemake(
+        workdir, "--profile", "profiles/local", "--configfile", "overlay.yaml", "--cores", "2"
+    )
+    return workdir, result
+
+
+@pytest.fixture(scope="module")
+def done(workflow_run) -> Path:
+    workdir, result = workflow_run
+    assert result.returncode == 0, output_of(result)
+    return workdir
+
+
+def test_run_succeeds_with_every_job(workflow_run):
+    workdir, result = workflow_run
+    assert result.returncode == 0, output_of(result)
+    log = result.stderr
+    for rule in (
+        "make_synthetic_fashion_mnist",
+        "download_fashion_mnist",
+        "train_model_parallel",
+        "gather_epoch_logs",
+        "plot_loss_curves",
+    ):
+        assert f"rule {rule}:" in log or f"localrule {rule}:" in log, rule
+    assert re.search(r"(\d+) of \1 steps \(100%\) done", log), log[-3000:]
+    # The scripts run from the copied workflow (workflow.basedir), not from the checkout.
+    assert f"python {workdir}/workflow/scripts/train.py" in log
+
+
+def test_data_came_through_the_download_rule_from_the_synthetic_mirror(done):
+    log = (done / "results/logs/download_fashion_mnist.log").read_text()
+    lines = log.splitlines()
+    assert len(lines) == 4, log
+    sums = {}
+    for line in (done / MIRROR / "MD5SUMS").read_text().splitlines():
+        value, name = line.split()
+        sums[name] = value
+    assert sorted(sums) == sorted(FILES)
+    for name, line in zip(FILES, lines):
+        assert line.startswith(f"{DATA_DIR}/{name}: fetched from {MIRROR}/{name} in "), line
+        assert line.endswith(", MD5 OK"), line
+        assert hashlib.md5((done / DATA_DIR / name).read_bytes()).hexdigest() == sums[name]
+    assert "mirror failed" not in log
+    synthetic_log = (done / "results/logs/make_synthetic_fashion_mnist.log").read_text()
+    assert "SYNTHETIC DATA" in synthetic_log
+    assert (done / MIRROR / "SYNTHETIC_DATA_README.txt").is_file()
+    assert not list((done / DATA_DIR).glob(".*part*"))
+
+
+def test_run_outputs(done):
+    run = done / "results/runs/base"
+    for name in ("epochs.csv", "run.json", "model.pt"):
+        assert (run / name).stat().st_size > 0, name
+    assert not (run / "checkpoint.pt").exists()  # removed once training finished
+
+    with (run / "epochs.csv").open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = list(reader)
+    assert header == COLUMNS
+    assert len(rows) == 2
+    epochs = read_csv(run / "epochs.csv")
+    assert [row["epoch"] for row in epochs] == ["1", "2"]
+    for row in epochs:
+        values = {k: float(v) for k, v in row.items()}
+        assert all(math.isfinite(v) for v in values.values()), row
+        assert values["train_loss"] > 0 and values["test_loss"] > 0
+        # A fraction of the 500 test images.
+        assert 0.0 <= values["test_accuracy"] <= 1.0
+        assert values["test_accuracy"] * 500 == pytest.approx(round(values["test_accuracy"] * 500))
+        assert values["epoch_seconds"] > 0
+        assert values["samples_per_second"] == pytest.approx(2000 / values["epoch_seconds"])
+    # It learns: both losses fall from the first epoch to the second.
+    assert float(epochs[1]["train_loss"]) < float(epochs[0]["train_loss"])
+    assert float(epochs[1]["test_loss"]) < float(epochs[0]["test_loss"])
+
+    record = json.loads((run / "run.json").read_text())
+    assert record["run_id"] == "base"
+    assert record["params"] == {
+        "devices": ["cpu", "cpu"],
+        "epochs": 2,
+        "batch_size": 100,
+        "lr": 0.01,
+        "hidden_size": 200,
+        "seed": 0,
+        "tutorial_double_scaling": False,
+        "microbatches": 1,
+        "adam_impl": "for_loop",
+    }
+    assert record["devices"]["stages"] == ["cpu", "cpu"]
+    assert record["config"]["data_dir"] == DATA_DIR
+    assert record["data_md5"] == {
+        name: hashlib.md5((done / DATA_DIR / name).read_bytes()).hexdigest() for name in FILES
+    }
+    final = record["final"]
+    assert final["epoch"] == 2
+    assert final["test_accuracy"] == float(epochs[1]["test_accuracy"])
+    assert final["train_loss"] == float(epochs[1]["train_loss"])
+
+
+def test_training_log_has_the_tutorials_lines(done):
+    log = (done / "results/logs/train_model_parallel/base.log").read_text()
+    tutorial = [line for line in log.splitlines() if line.startswith("Epoch [")]
+    assert len(tutorial) == 2, log
+    for line in tutorial:
+        assert TUTORIAL_LINE.match(line), line
+    epochs = read_csv(done / "results/runs/base/epochs.csv")
+    assert tutorial == [
+        f"Epoch [{row['epoch']}/2], Loss: {float(row['train_loss']):.4f}" for row in epochs
+    ]
+    assert "devices: ['cpu', 'cpu'] (as configured)" in log
+    assert "Training finished." in log
+
+
+def test_tables(done):
+    tables = done / "results/tables"
+    epochs = read_csv(tables / "epochs.csv")
+    assert [(row["run_id"], row["epoch"]) for row in epochs] == [("base", "1"), ("base", "2")]
+    run_epochs = read_csv(done / "results/runs/base/epochs.csv")
+    for gathered, original in zip(epochs, run_epochs):
+        for column in ("train_loss", "test_loss", "test_accuracy"):
+            assert float(gathered[column]) == pytest.approx(float(original[column]), rel=1e-12)
+
+    runs = read_csv(tables / "runs.csv")
+    assert [row["run_id"] for row in runs] == ["base"]
+    assert float(runs[0]["final_test_accuracy"]) == pytest.approx(
+        float(run_epochs[-1]["test_accuracy"])
+    )
+    assert runs[0]["epochs"] == "2"
+
+    summary = read_csv(tables / "summary.csv")
+    assert len(summary) == 1
+    assert summary[0]["n_seeds"] == "1"
+    accuracy = float(run_epochs[-1]["test_accuracy"])
+    assert float(summary[0]["final_test_accuracy_mean"]) == pytest.approx(accuracy)
+
+    markdown = (tables / "summary.md").read_text()
+    assert f"{100 * accuracy:.2f}" in markdown or f"{100 * accuracy:.1f}" in markdown
+    assert "\\begin{tabular}" in (tables / "summary.tex").read_text()
+    assert (tables / "provenance.csv").stat().st_size > 0
+
+
+def test_figures(done):
+    figures = done / "results/figures"
+    for name in ("loss", "accuracy", "throughput"):
+        assert (figures / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert (figures / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+
+
+def test_report_then_nothing_left_to_do(done):
+    report = snakemake(
+        done, "--configfile", "overlay.yaml", "--report", "results/report.html", limit=300
+    )
+    assert report.returncode == 0, output_of(report)
+    html = (done / "results/report.html").read_text(errors="replace")
+    assert "These results come from SYNTHETIC data" in html
+    assert "2 epochs" in html  # the description is rendered with this run's config
+    assert "<html" in html.lower()
+
+    again = snakemake(done, "-n", "--configfile", "overlay.yaml", limit=300)
+    assert again.returncode == 0, output_of(again)
+    assert "Nothing to be done" in again.stdout + again.stderr, output_of(again)
