@@ -12,19 +12,13 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
-SNAKEMAKE = str(VENV_BIN / "snakemake") if (VENV_BIN / "snakemake").exists() else "snakemake"
+from workflow_helpers import copy_workflow, workflow_env
 
 FILES = [
     "train-images-idx3-ubyte.gz",
@@ -52,26 +46,9 @@ OVERLAY = {
 TUTORIAL_LINE = re.compile(r"^Epoch \[\d+/2\], Loss: \d+\.\d{4}$")
 
 
-def copy_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
-    for folder in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def workflow_env() -> dict:
-    """The rules call `python`: the venv's (or this interpreter's) comes first on PATH."""
-    env = dict(os.environ)
-    first = [str(VENV_BIN), str(Path(sys.executable).parent)]
-    env["PATH"] = os.pathsep.join([*first, env.get("PATH", "")])
-    # No GPU is used even where one is visible: the overlay asks for [cpu, cpu].
-    return env
-
-
 def snakemake(workdir: Path, *args: str, limit: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["timeout", "-k", "10", str(limit), SNAKEMAKE, *args],
+        ["timeout", "-k", "10", str(limit), "snakemake", *args],
         cwd=workdir,
         env=workflow_env(),
         capture_output=True,
