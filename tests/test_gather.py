@@ -554,6 +554,7 @@ def test_cli_end_to_end(three_seeds, tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == [
         "epochs.csv",
+        "provenance.csv",
         "runs.csv",
         "summary.csv",
         "summary.md",
@@ -566,6 +567,9 @@ def test_cli_end_to_end(three_seeds, tmp_path):
     assert summary["n_seeds"].tolist() == [3, 1]
     epochs = pd.read_csv(out / "epochs.csv")
     assert len(epochs) == 12
+    # Provenance only for run folders: a tutorial log carries none.
+    provenance = pd.read_csv(out / "provenance.csv")
+    assert provenance["run_id"].tolist() == [p.name for p in three_seeds]
     assert np.allclose(
         epochs.loc[epochs["run_id"] == "lr=0.001_seed=2", "test_accuracy"],
         [0.74, 0.79, 0.84],

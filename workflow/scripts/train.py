@@ -87,8 +87,14 @@ class ModelParallelMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
         for stage, device in zip(self.stages, self.devices):
-            x = stage(x.to(device, non_blocking=True))
+            x = stage(to_stage(x, device))
         return x
+
+
+def to_stage(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move activations to a stage's device. Non-blocking only towards a GPU: a
+    non-blocking copy to the CPU could be read before it has arrived."""
+    return x.to(device, non_blocking=device.type == "cuda")
 
 
 def pipelined_loss(model: ModelParallelMLP, x, y, microbatches: int) -> torch.Tensor:
@@ -106,7 +112,7 @@ def pipelined_loss(model: ModelParallelMLP, x, y, microbatches: int) -> torch.Te
         for s in range(stages):
             i = tick - s
             if 0 <= i < len(activations):
-                h = activations[i].to(model.devices[s], non_blocking=True)
+                h = to_stage(activations[i], model.devices[s])
                 activations[i] = model.stages[s](h)
     total = sum(
         F.cross_entropy(out, target, reduction="sum")
@@ -149,7 +155,7 @@ def resolve_devices(requested: list[str]) -> tuple[list[torch.device], str]:
                 f"train.devices requests {requested} but {device} is not visible "
                 f"({visible_cuda()}). Use devices: auto, or [cpu, cpu] to train on the CPU."
             )
-        if device.type not in ("cpu", "cuda", "meta"):
+        if device.type not in ("cpu", "cuda"):
             fail(f"train.devices: unsupported device {device}")
     return devices, f"devices: {[str(d) for d in devices]} (as configured)"
 
@@ -234,8 +240,16 @@ def cpu_state(state):
 
 
 def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> str:
-    """What a checkpoint must match to be resumed: settings, device types, data."""
-    key = {"params": params, "device_types": [d.type for d in devices], "data": data_md5}
+    """What a checkpoint must match to be resumed: settings, device types, threads, data.
+
+    The thread count changes how CPU matmuls sum, hence the numbers.
+    """
+    key = {
+        "params": params,
+        "device_types": [d.type for d in devices],
+        "threads": torch.get_num_threads(),
+        "data": data_md5,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -383,6 +397,8 @@ class Trainer:
         self.devices = devices
         self.out_dir: Path = args.out_dir
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        for stale in self.out_dir.glob(".checkpoint.pt.tmp-*"):  # left by a kill mid-write
+            stale.unlink()
         self.data_md5 = {name: md5sum(args.data_dir / name) for name in FILE_NAMES}
         self.params = run_params(args)
         self.fingerprint = fingerprint(self.params, devices, self.data_md5)
