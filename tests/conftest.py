@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +28,33 @@ def import_script(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+METRICS = ["epoch", "train_loss", "test_loss", "test_accuracy"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh copy of the workflow (no results, no .snakemake) to run in."""
+    dest.mkdir(parents=True)
+    shutil.copy2(REPO_ROOT / "Snakefile", dest / "Snakefile")
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(
+            REPO_ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return dest
+
+
+def workflow_env(**extra: str) -> dict:
+    """The environment with this interpreter's bin first: the rules call `python`."""
+    env = dict(os.environ, **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def metric_columns(epochs_csv: Path) -> list[tuple[str, ...]]:
+    """The columns that must be identical between runs (times excluded)."""
+    with epochs_csv.open() as handle:
+        return [tuple(row[m] for m in METRICS) for row in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="session")

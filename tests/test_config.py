@@ -6,39 +6,21 @@ Every check runs `snakemake -n -p --configfile OVERLAY.yaml` in a fresh copy of 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, copy_workflow, workflow_env
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
-SNAKEMAKE = VENV_BIN / "snakemake" if (VENV_BIN / "snakemake").exists() else "snakemake"
-
-
-def copy_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
-    for folder in ("workflow", "config", "profiles"):
-        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def workflow_env() -> dict:
-    env = dict(os.environ)
-    first = [str(VENV_BIN), str(Path(sys.executable).parent)]
-    env["PATH"] = os.pathsep.join([*first, env.get("PATH", "")])
-    return env
+REPO = REPO_ROOT
 
 
 def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> tuple[int, str]:
     """Run snakemake in `workdir`; return (exit status, stdout + stderr)."""
-    command = [str(SNAKEMAKE), *args]
+    command = ["snakemake", *args]
     if overlay is not None:
         path = workdir / "overlay.yaml"
         path.write_text(yaml.safe_dump(overlay, sort_keys=False))

@@ -17,7 +17,6 @@ file already present with the right MD5 was not fetched again. Nothing here need
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import socket
@@ -28,22 +27,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts"
 DOWNLOAD_SCRIPT = SCRIPTS / "download_fashion_mnist.py"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 # The download script puts its own folder on sys.path and imports fashion_mnist from there.
-download = _load("download_fashion_mnist", DOWNLOAD_SCRIPT)
+download = import_script("download_fashion_mnist")
 fmnist = sys.modules["fashion_mnist"]
 
 NAMES = list(fmnist.FILE_NAMES)

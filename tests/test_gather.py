@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,19 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "gather.py"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gather = _load("gather", SCRIPT)
+gather = import_script("gather")
 
 HEADER = "epoch,train_loss,test_loss,test_accuracy,epoch_seconds,samples_per_second"
 BASE_PARAMS = {

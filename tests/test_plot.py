@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,20 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import import_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gather = _load("gather")
-plot = _load("plot")
+gather = import_script("gather")
+plot = import_script("plot")
 
 import matplotlib.image  # noqa: E402  (after plot.py selected the Agg backend)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import REPO, copy_workflow, metric_columns, workflow_env, write_synthetic
+from conftest import REPO_ROOT as REPO
+from conftest import copy_workflow, import_script, metric_columns, workflow_env
 
 pytestmark = pytest.mark.slurm
 
@@ -160,7 +161,7 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, 
     # The uninterrupted reference, computed meanwhile on the other core from the same
     # (deterministically generated) data.
     reference_dir = tmp_path / "reference"
-    sums = write_synthetic(tmp_path / "reference_data", **synthetic)
+    sums = import_script("fashion_mnist").write_synthetic(tmp_path / "reference_data", **synthetic)
     reference = start_reference(tmp_path / "reference_data", reference_dir, train)
     result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
     reference_out, _ = reference.communicate(timeout=600)

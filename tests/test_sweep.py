@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import copy_workflow, workflow_env
+from conftest import copy_workflow, workflow_env
 
 SWEEP = {"lr": [0.01, 0.003], "seed": [0, 1]}
 RUN_IDS = ["lr=0.003_seed=0", "lr=0.003_seed=1", "lr=0.01_seed=0", "lr=0.01_seed=1"]

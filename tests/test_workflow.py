@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import copy_workflow, workflow_env
+from conftest import copy_workflow, workflow_env
 
 FILES = [
     "train-images-idx3-ubyte.gz",

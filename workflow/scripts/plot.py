@@ -32,20 +32,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-RUN_METRIC_COLUMNS = {
-    "final_test_accuracy",
-    "best_test_accuracy",
-    "best_epoch",
-    "final_train_loss",
-    "final_test_loss",
-    "total_train_seconds",
-    "mean_samples_per_second",
-    "stage_devices",
-    "device_names",
-    "git_commit",
-    "slurm_job_id",
-}
-"""Non-parameter columns of runs.csv (besides run_id); see gather.RUN_METRICS."""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gather import RUN_METRICS  # noqa: E402  (the columns runs.csv has besides parameters)
+
+RUN_METRIC_COLUMNS = set(RUN_METRICS)
 
 SEED_COLUMN = "seed"
 
