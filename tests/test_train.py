@@ -895,3 +895,13 @@ def test_thread_count_is_part_of_the_checkpoint_fingerprint(torch_state):
     assert train_py.fingerprint(*args) != one
     torch.set_num_threads(1)
     assert train_py.fingerprint(*args) == one
+
+
+def test_hand_written_step_only_where_all_stages_are_on_the_cpu(torch_state):
+    cpu_model = train_py.ModelParallelMLP(8, [CPU, CPU])
+    cpu_adam = torch.optim.Adam(cpu_model.parameters())
+    assert type(train_py.make_step(cpu_model, cpu_adam, 10, 1)) is train_py.TrainStep
+    # A stand-in for a GPU stage: the step falls back to autograd and torch.optim.Adam.
+    mixed = train_py.ModelParallelMLP(8, [CPU, META])
+    mixed_adam = torch.optim.Adam(mixed.parameters())
+    assert type(train_py.make_step(mixed, mixed_adam, 10, 2)) is train_py.AutogradStep

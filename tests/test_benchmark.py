@@ -1,0 +1,286 @@
+"""Tests of workflow/scripts/benchmark.py, and of the training step it times.
+
+The benchmark runs once (module fixture) on the synthetic 2000/500 dataset with one
+thread, two rounds and short floors; train.py runs on the same data beside it. No
+test asserts anything about speed: only that the report is complete and consistent
+and that it timed train.py's own training.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import SCRIPTS_DIR, import_script
+
+train_py = import_script("train")
+
+BENCHMARK = SCRIPTS_DIR / "benchmark.py"
+TRAIN = SCRIPTS_DIR / "train.py"
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+TIMEOUT = 600
+ROUNDS = 2
+VARIANTS = {
+    "tutorial": "a",
+    "workflow_for_loop_m1": "b",
+    "workflow_foreach_m1": "b",
+    "workflow_fused_m1": "b",
+    "workflow_for_loop_m2": "b",
+    "workflow_for_loop_m4": "b",
+    "workflow_for_loop_m1_autograd": "b",
+    "floor_eager_for_loop": "c",
+    "floor_eager_for_loop_zero": "c",
+    "floor_eager_fused": "c",
+    "floor_trainstep_for_loop": "c",
+    "floor_trainstep_foreach": "c",
+    "floor_trainstep_fused": "c",
+    "matmul_bound": "c",
+}
+# train.py runs whose epochs the benchmark's rounds must reproduce: variant -> options
+TRAIN_RUNS = {
+    "workflow_for_loop_m1": [],
+    "workflow_fused_m1": ["--adam-impl", "fused"],
+    "workflow_for_loop_m4": ["--microbatches", "4"],
+}
+
+
+@pytest.fixture(scope="module")
+def bench(synthetic_data, tmp_path_factory):
+    """The benchmark's JSON and stdout, and train.py's epochs.csv rows per variant."""
+    root = tmp_path_factory.mktemp("benchmark")
+    out = root / "benchmark.json"
+    common = ["--data-dir", str(synthetic_data), "--devices", "cpu", "cpu", "--threads", "1"]
+    procs = {
+        "benchmark": subprocess.Popen(
+            [sys.executable, str(BENCHMARK), *common, "--repetitions", str(ROUNDS)]
+            + ["--floor-steps", "5", "--sgemm-size", "128", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+    }
+    for name, options in TRAIN_RUNS.items():
+        procs[name] = subprocess.Popen(
+            [sys.executable, str(TRAIN), *common, "--out-dir", str(root / name)]
+            + ["--epochs", str(ROUNDS), *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+    results = {}
+    try:
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, f"{name}: {stdout}\n{stderr}"
+            results[name] = stdout
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    epochs = {}
+    for name in TRAIN_RUNS:
+        with (root / name / "epochs.csv").open() as handle:
+            epochs[name] = list(csv.DictReader(handle))
+    return json.loads(out.read_text()), results["benchmark"], epochs
+
+
+def test_report_has_every_variant_with_positive_numbers(bench):
+    report, _, _ = bench
+    assert set(report) == {
+        "command",
+        "settings",
+        "environment",
+        "flops_per_sample",
+        "threads",
+    }
+    assert report["settings"]["devices"] == ["cpu", "cpu"]
+    assert report["settings"]["train_samples"] == 2000
+    assert report["settings"]["repetitions"] == ROUNDS
+    assert list(report["threads"]) == ["1"]
+    block = report["threads"]["1"]
+    assert list(block["variants"]) == list(VARIANTS)
+    for key, entry in block["variants"].items():
+        assert entry["group"] == VARIANTS[key], key
+        assert entry["label"], key
+        sps = entry["samples_per_second"]
+        assert len(sps["all"]) == ROUNDS, key
+        assert all(v > 0 and math.isfinite(v) for v in sps["all"]), key
+        assert sps["best"] == max(sps["all"]), key
+        assert min(sps["all"]) <= sps["median"] <= sps["best"], key
+        assert entry["gflops"]["best"] > 0 and entry["gflops"]["median"] > 0, key
+    peak = block["sgemm_gflops"]
+    assert len(peak["all"]) == ROUNDS and peak["best"] > 0 and peak["median"] > 0
+
+
+def test_ratios_and_gflops_follow_from_the_samples_per_second(bench):
+    report, _, _ = bench
+    variants = report["threads"]["1"]["variants"]
+    tutorial = variants["tutorial"]["samples_per_second"]
+    flops = report["flops_per_sample"]["total"]
+    for key, entry in variants.items():
+        sps, ratio = entry["samples_per_second"], entry["ratio_to_tutorial"]
+        assert ratio["best"] == pytest.approx(sps["best"] / tutorial["best"], rel=1e-12), key
+        assert ratio["median"] == pytest.approx(sps["median"] / tutorial["median"], rel=1e-12)
+        per_round = [a / b for a, b in zip(sps["all"], tutorial["all"])]
+        assert ratio["median_of_rounds"] == pytest.approx(statistics.median(per_round), rel=1e-12)
+        for stat in ("best", "median"):
+            assert entry["gflops"][stat] == pytest.approx(sps[stat] * flops / 1e9, rel=1e-12)
+    assert variants["tutorial"]["ratio_to_tutorial"] == {
+        "best": 1.0,
+        "median": 1.0,
+        "median_of_rounds": 1.0,
+    }
+
+
+def test_flop_count_of_a_step():
+    benchmark = import_script("benchmark")
+    flops = benchmark.step_flops(200)
+    # forward 784x200 and 200x10; both weight gradients; layer 2's input gradient only
+    assert flops == {
+        "forward": 2 * 784 * 200 + 2 * 200 * 10,
+        "weight_gradients": 2 * 784 * 200 + 2 * 200 * 10,
+        "input_gradients": 2 * 200 * 10,
+        "total": 639_200,
+    }
+
+
+def test_workflow_rounds_are_train_py_epochs(bench):
+    """Round r of a workflow variant is epoch r of train.py with the same settings."""
+    report, _, epochs = bench
+    variants = report["threads"]["1"]["variants"]
+    for name, rows in epochs.items():
+        assert [float(row["train_loss"]) for row in rows] == variants[name]["losses"], name
+    # The pre-TrainStep hot path (autograd) trains to the very same numbers.
+    assert (
+        variants["workflow_for_loop_m1_autograd"]["losses"]
+        == variants["workflow_for_loop_m1"]["losses"]
+    )
+    # On the CPU torch's foreach Adam is the for_loop arithmetic.
+    assert variants["workflow_foreach_m1"]["losses"] == variants["workflow_for_loop_m1"]["losses"]
+    assert variants["workflow_fused_m1"]["losses"] != variants["workflow_for_loop_m1"]["losses"]
+    for key, entry in variants.items():
+        assert all(math.isfinite(v) for v in entry["losses"] if v is not None), key
+
+
+def test_printed_table(bench):
+    report, stdout, _ = bench
+    table = stdout[stdout.index("FLOPs per sample of a step: 639,200") :]
+    assert "threads 1: samples/s" in table
+    for entry in report["threads"]["1"]["variants"].values():
+        assert f"({entry['group']}) {entry['label']}" in table
+    assert "machine matmul peak, 128^3 sgemm" in table
+
+
+def test_help():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True, env=ENV
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: ")
+    for flag in ("--threads", "--repetitions", "--train-size", "--adam-impls", "--out"):
+        assert flag in result.stdout
+
+
+# ------------------------------------------------- the step the benchmark times
+
+
+class NeverStop:
+    reason = None
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def _trainer(data_dir, out_dir, adam_impl, microbatches, batch_size, autograd):
+    args = train_py.parse_args(
+        ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--devices", "cpu", "cpu"]
+        + ["--adam-impl", adam_impl, "--microbatches", str(microbatches)]
+        + ["--batch-size", str(batch_size)]
+    )
+    t = train_py.Trainer(args, [torch.device("cpu")] * 2)
+    if autograd:
+        t.step = train_py.AutogradStep(t.model, t.optimizer, microbatches)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("adam_impl", "microbatches"),
+    list(itertools.product(["for_loop", "foreach", "fused"], [1, 3])) + [("for_loop", 64)],
+)
+def test_train_step_is_bitwise_the_autograd_step(synthetic_data, tmp_path, adam_impl, microbatches):
+    """TrainStep (used for training) and AutogradStep (pipelined_loss, backward,
+    optimizer.step) give the same losses, weights and optimizer state, to the bit,
+    over two epochs of 32 batches, the last one short (2000 = 31 x 64 + 16)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            fast, ref = (
+                _trainer(synthetic_data, tmp_path, adam_impl, microbatches, 64, autograd)
+                for autograd in (False, True)
+            )
+            losses = {id(fast): [], id(ref): []}
+            for t in (fast, ref):
+                for _ in range(2):
+                    assert t.run_epoch_batches(NeverStop())
+                    losses[id(t)].append(t.batch_losses.clone())
+                    t.finish_epoch()
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(fast.step, train_py.TrainStep)
+    for a, b in zip(losses[id(fast)], losses[id(ref)]):
+        assert torch.equal(a, b)
+    assert len(set(losses[id(fast)][0].tolist())) == 32  # it trained
+    assert [r["train_loss"] for r in fast.history] == [r["train_loss"] for r in ref.history]
+    for (name, p), q in zip(fast.model.state_dict().items(), ref.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    state, ref_state = fast.optimizer.state_dict(), ref.optimizer.state_dict()
+    assert state["param_groups"] == ref_state["param_groups"]
+    for i in ref_state["state"]:
+        assert set(state["state"][i]) == set(ref_state["state"][i])
+        for k, v in ref_state["state"][i].items():
+            assert torch.equal(state["state"][i][k], v), (i, k)
+
+
+@pytest.mark.parametrize("kind", ["cpu", "single"])
+def test_adam_update_is_torch_adam_for_loop(kind):
+    """Both for_loop code paths (CPU _foreach batching; one tensor at a time, which
+    devices other than the CPU take) give torch.optim.Adam(foreach=False)'s numbers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        params = [torch.randn(30, 20), torch.randn(20), torch.randn(5, 30)]
+        grads = [[torch.randn_like(p) for p in params] for _ in range(6)]
+    ours = [p.clone().requires_grad_() for p in params]
+    ref = [p.clone().requires_grad_() for p in params]
+    update = train_py.AdamUpdate(torch.optim.Adam(ours, lr=0.01, foreach=False))
+    ref_opt = torch.optim.Adam(ref, lr=0.01, foreach=False)
+    for step, gs in enumerate(grads):
+        for p, q, g in zip(ours, ref, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 1:  # the first step created the state; now the groups exist
+            assert update.refresh()
+            assert [g.kind for g in update.groups] == ["cpu"]
+            for g in update.groups:
+                g.kind = kind
+                g.grads = [p.grad for p in g.params]
+        elif step > 1:
+            for g in update.groups:
+                g.grads = [p.grad for p in g.params]
+        update()
+        ref_opt.step()
+        for p, q in zip(ours, ref):
+            assert torch.equal(p, q), step
+    state, ref_state = update.optimizer.state_dict()["state"], ref_opt.state_dict()["state"]
+    for i in ref_state:
+        for k, v in ref_state[i].items():
+            assert torch.equal(state[i][k], v), (i, k)
