@@ -2,31 +2,17 @@ import itertools
 import math
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-# Training parameters in the order the training script and the tables use them.
-TRAIN_PARAMETERS = [
-    "devices",
-    "epochs",
-    "batch_size",
-    "lr",
-    "hidden_size",
-    "seed",
-    "tutorial_double_scaling",
-    "microbatches",
-    "adam_impl",
-]
-FASHION_MNIST_FILES = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-]
-SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 # Scripts run from the checkout (not a copy) so that they can import their sibling modules.
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
+sys.path.insert(0, str(SCRIPTS_DIR))
+from fashion_mnist import FILE_NAMES as FASHION_MNIST_FILES  # numpy only, no torch
+
+SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
 
 
