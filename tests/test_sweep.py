@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -111,3 +112,18 @@ def test_adding_a_value_keeps_existing_runs(swept):
     ]
     # Only the two new runs train; the four existing ones are kept as they are.
     assert sorted(planned) == ["lr=0.003_seed=2", "lr=0.01_seed=2"]
+
+
+def test_moving_the_checkout_or_the_signal_margin_reruns_nothing(swept, tmp_path):
+    overlay = yaml.safe_load((swept / "overlay.yaml").read_text())
+    overlay["resources"]["train_model_parallel"]["signal_seconds"] = 60
+    (swept / "margin.yaml").write_text(yaml.safe_dump(overlay))
+    result = snakemake(swept, "-n", "--profile", "profiles/local", "--configfile", "margin.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+    # A copy elsewhere (mtimes kept, as rsync -a or cp -a keep them).
+    moved = tmp_path / "moved"
+    shutil.copytree(swept, moved, symlinks=True)
+    result = snakemake(moved, "-n", "--profile", "profiles/local", "--configfile", "overlay.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr

@@ -44,7 +44,7 @@ rule gather_epoch_logs:
         out_dir=lambda wildcards, output: Path(output.epochs).parent,
         run_dirs=lambda wildcards, input: [Path(p).parent for p in input.provenance],
     shell:
-        "python {params.script} --out {params.out_dir} {params.run_dirs} > {log} 2>&1"
+        "python {params.script:q} --out {params.out_dir:q} {params.run_dirs:q} > {log} 2>&1"
 
 
 rule plot_loss_curves:
@@ -83,5 +83,5 @@ rule plot_loss_curves:
         script=script_path("plot.py"),
         out_dir=lambda wildcards, output: Path(output.loss).parent,
     shell:
-        "python {params.script} --epochs {input.epochs} --runs {input.runs}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python {params.script:q} --epochs {input.epochs:q} --runs {input.runs:q}"
+        " --out-dir {params.out_dir:q} > {log} 2>&1"

@@ -1,5 +1,6 @@
 import itertools
 import math
+import os
 import re
 import shlex
 import sys
@@ -34,7 +35,21 @@ def run_id(swept_values):
     )
 
 
-INTEGER_PARAMETERS = {"epochs", "batch_size", "hidden_size", "seed", "microbatches"}
+# Keys the schema types as integers: JSON Schema also accepts 2.0 for them.
+INTEGER_KEYS = {
+    "epochs",
+    "batch_size",
+    "hidden_size",
+    "seed",
+    "microbatches",
+    "train_size",
+    "test_size",
+    "gpu",
+    "cpus_per_task",
+    "mem_mb",
+    "runtime",
+    "signal_seconds",
+}
 
 
 def check_numbers(value, key):
@@ -47,7 +62,7 @@ def check_numbers(value, key):
             check_numbers(item, key)
     elif isinstance(value, float) and not math.isfinite(value):
         raise WorkflowError(f"config key {key}: {value} is not a finite number")
-    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_PARAMETERS:
+    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_KEYS:
         raise WorkflowError(f"config key {key}: {value} must be written as an integer")
 
 
@@ -90,7 +105,8 @@ check_time_limit(TRAIN_RESOURCES)
 
 
 def script_path(name):
-    return str(SCRIPTS_DIR / name)
+    """Relative to the working directory, so that a clone elsewhere reruns nothing."""
+    return os.path.relpath(SCRIPTS_DIR / name)
 
 
 def data_files():
@@ -128,7 +144,7 @@ def train_arguments(wildcards):
         f"--microbatches {params['microbatches']}",
         f"--adam-impl {params['adam_impl']}",
         f"--run-id {wildcards.run}",
-        f"--swept {' '.join(config['sweep'])}",
+        f"--swept {' '.join(sorted(config['sweep']))}",
     ]
     if params["tutorial_double_scaling"]:
         args.append("--tutorial-double-scaling")
@@ -147,6 +163,8 @@ def train_scheduler_resources():
         "cpus_per_task": TRAIN_RESOURCES["cpus_per_task"],
         "mem_mb": TRAIN_RESOURCES["mem_mb"],
         "runtime": TRAIN_RESOURCES["runtime"],
+        # Read by the script, not by SLURM; a resource, so changing it reruns nothing.
+        "signal_seconds": TRAIN_RESOURCES["signal_seconds"],
         # SIGURG is ignored by every process but the training script, which checkpoints.
         "slurm_extra": f"--signal=URG@{TRAIN_RESOURCES['signal_seconds']}",
         **extra,

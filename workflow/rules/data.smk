@@ -25,7 +25,7 @@ rule make_synthetic_fashion_mnist:
         out_dir=lambda wildcards, output: Path(output.files[0]).parent,
         synthetic=config["data"]["synthetic"],
     shell:
-        "python {params.script} --out-dir {params.out_dir}"
+        "python {params.script:q} --out-dir {params.out_dir:q}"
         " --train-size {params.synthetic[train_size]} --test-size {params.synthetic[test_size]}"
         " --seed {params.synthetic[seed]} > {log} 2>&1"
 
@@ -50,4 +50,4 @@ rule download_fashion_mnist:
         dest=lambda wildcards, output: Path(output[0]).parent,
         sources=download_arguments,
     shell:
-        "python {params.script} --dest {params.dest} {params.sources} > {log} 2>&1"
+        "python {params.script:q} --dest {params.dest:q} {params.sources} > {log} 2>&1"

@@ -20,8 +20,7 @@ rule train_model_parallel:
         data_dir=lambda wildcards, input: Path(input.data[0]).parent,
         out_dir=lambda wildcards, output: Path(output.epochs).parent,
         options=train_arguments,
-        margin=TRAIN_RESOURCES["signal_seconds"],
     shell:
-        "python {params.script} --data-dir {params.data_dir} --out-dir {params.out_dir}"
-        " {params.options} --threads {threads} --deadline-margin {params.margin}"
+        "python {params.script:q} --data-dir {params.data_dir:q} --out-dir {params.out_dir:q}"
+        " {params.options} --threads {threads} --deadline-margin {resources.signal_seconds}"
         " > {log} 2>&1"

@@ -579,15 +579,22 @@ def cpu_state(state):
 
 
 def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> str:
-    """What a checkpoint must match to be resumed: settings, device types, threads, data.
+    """What a checkpoint must match to be resumed exactly.
 
-    The thread count changes how CPU matmuls sum, hence the numbers.
+    Anything that changes the numbers: settings, data, this script, the devices and
+    what they are (a retried job may land on another node type), the kernels' library
+    versions and CPU instruction set, and the thread count (it changes how CPU matmuls sum).
     """
     key = {
         "params": params,
-        "device_types": [d.type for d in devices],
-        "threads": torch.get_num_threads(),
         "data": data_md5,
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "devices": [str(d) for d in devices],
+        "device_names": [device_name(d) for d in devices],
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -613,7 +620,7 @@ class StopWatch:
     """Says when to stop early: on SIGTERM/SIGINT, or when the SLURM deadline is near.
 
     The deadline comes from squeue. SLURM's warning signal (SIGURG, `--signal=URG@N`)
-    can arrive up to ~30 s before it is due, so while the end time is known it only
+    can arrive up to ~60 s before it is due, so while the end time is known it only
     makes us read the end time again (an admin may have changed the limit); without
     a known end time it means stop.
     """
@@ -651,7 +658,9 @@ class StopWatch:
             self.recheck = False
             self._read_deadline()
         if self.reason is None and self.deadline is not None and time.time() >= self.deadline:
-            self.reason = "the SLURM time limit is near"
+            self._read_deadline()  # once more: the limit may have been extended meanwhile
+            if time.time() >= self.deadline:
+                self.reason = "the SLURM time limit is near"
         return self.reason is not None
 
 
@@ -736,7 +745,7 @@ class Trainer:
         self.devices = devices
         self.out_dir: Path = args.out_dir
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
-        for stale in self.out_dir.glob(".checkpoint.pt.tmp-*"):  # left by a kill mid-write
+        for stale in self.out_dir.glob(".*.tmp-*"):  # left by a kill mid-write
             stale.unlink()
         self.data_md5 = {name: md5sum(args.data_dir / name) for name in FILE_NAMES}
         self.params = run_params(args)
@@ -942,7 +951,12 @@ def train(args) -> int:
         trainer.restore(state)
         position = f"epoch {trainer.epoch + 1}, batch {trainer.batches_done + 1}"
         log(f"resuming from {trainer.checkpoint_path}: {position}")
-    attempt = {"started": started, "start_epoch": trainer.epoch + 1, **environment_record()}
+    attempt = {
+        "started": started,
+        "start_epoch": trainer.epoch + 1,
+        "device_names": [device_name(d) for d in devices],
+        **environment_record(),
+    }
     trainer.attempts.append(attempt)
     table = EpochTable(args.out_dir / "epochs.csv", trainer.history)
     for row in trainer.history:
@@ -1012,6 +1026,13 @@ def write_outputs(args, trainer: Trainer, devices) -> None:
 # -------------------------------------------------------------------------- CLI
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -1051,7 +1072,7 @@ def parse_args(argv=None):
         "--microbatches", type=positive_int, default=1, help="GPipe chunks per batch"
     )
     parser.add_argument("--adam-impl", choices=sorted(ADAM_IMPLS), default="for_loop")
-    parser.add_argument("--threads", type=positive_int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=positive_int, default=available_cpus())
     parser.add_argument(
         "--deadline-margin",
         type=float,
