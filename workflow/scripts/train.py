@@ -896,14 +896,13 @@ class EpochTable:
 
     def __init__(self, path: Path, history: list[dict]):
         self.path = path
-        self.columns = list(history[0]) if history else None
-        lines = [self._line(self._header(history[0]))] if history else []
-        lines += [self._line(row) for row in history]
-        atomic_write_text(path, "".join(lines))
+        self.has_header = bool(history)
+        text = self._header(history[0]) + "".join(map(self._line, history)) if history else ""
+        atomic_write_text(path, text)
 
     @staticmethod
-    def _header(row: dict) -> dict:
-        return {k: k for k in row}
+    def _header(row: dict) -> str:
+        return ",".join(row) + "\n"
 
     @staticmethod
     def _line(row: dict) -> str:
@@ -911,9 +910,9 @@ class EpochTable:
 
     def append(self, row: dict) -> None:
         with open(self.path, "a") as handle:
-            if self.columns is None:
-                self.columns = list(row)
-                handle.write(self._line(self._header(row)))
+            if not self.has_header:
+                self.has_header = True
+                handle.write(self._header(row))
             handle.write(self._line(row))
             handle.flush()
             os.fsync(handle.fileno())
