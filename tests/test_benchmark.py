@@ -9,7 +9,6 @@ and that it timed train.py's own training.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import os
@@ -18,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import SCRIPTS_DIR, import_script
 
 train_py = import_script("train")
@@ -189,98 +187,3 @@ def test_help():
     assert result.stdout.startswith("usage: ")
     for flag in ("--threads", "--repetitions", "--train-size", "--adam-impls", "--out"):
         assert flag in result.stdout
-
-
-# ------------------------------------------------- the step the benchmark times
-
-
-class NeverStop:
-    reason = None
-
-    def should_stop(self) -> bool:
-        return False
-
-
-def _trainer(data_dir, out_dir, adam_impl, microbatches, batch_size, autograd):
-    args = train_py.parse_args(
-        ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--devices", "cpu", "cpu"]
-        + ["--adam-impl", adam_impl, "--microbatches", str(microbatches)]
-        + ["--batch-size", str(batch_size)]
-    )
-    t = train_py.Trainer(args, [torch.device("cpu")] * 2)
-    if autograd:
-        t.step = train_py.AutogradStep(t.model, t.optimizer, microbatches)
-    return t
-
-
-@pytest.mark.parametrize(
-    ("adam_impl", "microbatches"),
-    list(itertools.product(["for_loop", "foreach", "fused"], [1, 3])) + [("for_loop", 64)],
-)
-def test_train_step_is_bitwise_the_autograd_step(synthetic_data, tmp_path, adam_impl, microbatches):
-    """TrainStep (used for training) and AutogradStep (pipelined_loss, backward,
-    optimizer.step) give the same losses, weights and optimizer state, to the bit,
-    over two epochs of 32 batches, the last one short (2000 = 31 x 64 + 16)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            fast, ref = (
-                _trainer(synthetic_data, tmp_path, adam_impl, microbatches, 64, autograd)
-                for autograd in (False, True)
-            )
-            losses = {id(fast): [], id(ref): []}
-            for t in (fast, ref):
-                for _ in range(2):
-                    assert t.run_epoch_batches(NeverStop())
-                    losses[id(t)].append(t.batch_losses.clone())
-                    t.finish_epoch()
-    finally:
-        torch.set_num_threads(threads)
-    assert isinstance(fast.step, train_py.TrainStep)
-    for a, b in zip(losses[id(fast)], losses[id(ref)]):
-        assert torch.equal(a, b)
-    assert len(set(losses[id(fast)][0].tolist())) == 32  # it trained
-    assert [r["train_loss"] for r in fast.history] == [r["train_loss"] for r in ref.history]
-    for (name, p), q in zip(fast.model.state_dict().items(), ref.model.state_dict().values()):
-        assert torch.equal(p, q), name
-    state, ref_state = fast.optimizer.state_dict(), ref.optimizer.state_dict()
-    assert state["param_groups"] == ref_state["param_groups"]
-    for i in ref_state["state"]:
-        assert set(state["state"][i]) == set(ref_state["state"][i])
-        for k, v in ref_state["state"][i].items():
-            assert torch.equal(state["state"][i][k], v), (i, k)
-
-
-@pytest.mark.parametrize("kind", ["cpu", "single"])
-def test_adam_update_is_torch_adam_for_loop(kind):
-    """Both for_loop code paths (CPU _foreach batching; one tensor at a time, which
-    devices other than the CPU take) give torch.optim.Adam(foreach=False)'s numbers."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        params = [torch.randn(30, 20), torch.randn(20), torch.randn(5, 30)]
-        grads = [[torch.randn_like(p) for p in params] for _ in range(6)]
-    ours = [p.clone().requires_grad_() for p in params]
-    ref = [p.clone().requires_grad_() for p in params]
-    update = train_py.AdamUpdate(torch.optim.Adam(ours, lr=0.01, foreach=False))
-    ref_opt = torch.optim.Adam(ref, lr=0.01, foreach=False)
-    for step, gs in enumerate(grads):
-        for p, q, g in zip(ours, ref, gs):
-            p.grad, q.grad = g.clone(), g.clone()
-        if step == 1:  # the first step created the state; now the groups exist
-            assert update.refresh()
-            assert [g.kind for g in update.groups] == ["cpu"]
-            for g in update.groups:
-                g.kind = kind
-                g.grads = [p.grad for p in g.params]
-        elif step > 1:
-            for g in update.groups:
-                g.grads = [p.grad for p in g.params]
-        update()
-        ref_opt.step()
-        for p, q in zip(ours, ref):
-            assert torch.equal(p, q), step
-    state, ref_state = update.optimizer.state_dict()["state"], ref_opt.state_dict()["state"]
-    for i in ref_state:
-        for k, v in ref_state[i].items():
-            assert torch.equal(state[i][k], v), (i, k)

@@ -1,6 +1,7 @@
-"""workflow/scripts/download_fashion_mnist.py against a real HTTP server on 127.0.0.1.
+"""fmnist/download.py and its script download_fashion_mnist.py against a real HTTP server on
+127.0.0.1.
 
-The server serves small SYNTHETIC files in FashionMNIST's format (fashion_mnist.write_synthetic)
+The server serves small SYNTHETIC files in FashionMNIST's format (synthetic.write_synthetic)
 and misbehaves on purpose depending on the first path segment of the URL:
 
     /good/NAME       the file
@@ -27,18 +28,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import import_script
+from fmnist import download, idx, settings, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts"
 DOWNLOAD_SCRIPT = SCRIPTS / "download_fashion_mnist.py"
 
 
-# The download script puts its own folder on sys.path and imports fashion_mnist from there.
-download = import_script("download_fashion_mnist")
-fmnist = sys.modules["fashion_mnist"]
-
-NAMES = list(fmnist.FILE_NAMES)
+NAMES = list(idx.FILE_NAMES)
 FIRST = NAMES[0]  # download_all fetches the files in this order and stops at the first failure
 
 
@@ -123,7 +120,7 @@ class Mirror:
 def published(tmp_path_factory) -> tuple[Path, dict]:
     """A folder with the four files (+ MD5SUMS) and their sums, as a mirror would hold them."""
     root = tmp_path_factory.mktemp("www")
-    sums = fmnist.write_synthetic(root, train_size=60, test_size=20, seed=3)
+    sums = synthetic.write_synthetic(root, train_size=60, test_size=20, seed=3)
     assert sorted(sums) == sorted(NAMES)
     return root, sums
 
@@ -180,7 +177,7 @@ def requested(mirror: Mirror, mode: str) -> list[str]:
 
 def test_first_mirror_with_sums_from_md5sums(mirror, published, dest, capsys):
     root, sums = published
-    md5 = download.read_md5_file(root / "MD5SUMS")
+    md5 = idx.read_md5_file(root / "MD5SUMS")
     assert md5 == sums
 
     download.download_all(dest, [mirror.url("good"), mirror.url("missing")], md5, timeout=10)
@@ -194,9 +191,9 @@ def test_first_mirror_with_sums_from_md5sums(mirror, published, dest, capsys):
     assert out.count("MD5 OK") == 4
     assert "mirror failed" not in out
     # The data is readable and has the sizes it was written with.
-    images, labels = fmnist.load_split(dest, "train")
+    images, labels = idx.load_split(dest, "train")
     assert images.shape == (60, 28, 28) and labels.shape == (60,)
-    images, labels = fmnist.load_split(dest, "test")
+    images, labels = idx.load_split(dest, "test")
     assert images.shape == (20, 28, 28) and labels.shape == (20,)
 
 
@@ -265,7 +262,7 @@ def test_https_mirror_that_speaks_plain_http_falls_back(mirror, sums, dest, caps
 
 
 def test_corrupt_file_never_reaches_destination(mirror, sums, dest):
-    with pytest.raises(SystemExit):
+    with pytest.raises(download.DownloadError):
         download.download_all(dest, [mirror.url("corrupt"), mirror.url("truncated")], sums, 10)
     # Both mirrors were tried for the first file; nothing corrupt is left behind.
     assert requested(mirror, "corrupt") == [FIRST]
@@ -290,10 +287,10 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(
     dest.mkdir()
     (dest / FIRST).write_bytes(b"an old, wrong file")
 
-    with pytest.raises(SystemExit) as failure:
+    with pytest.raises(download.DownloadError) as failure:
         download.download_all(dest, mirrors, sums, timeout=10)
 
-    message = str(failure.value.code)
+    message = str(failure.value)
     assert f"could not fetch {FIRST} from any of 6 mirror(s)" in message
     assert "data.mirrors" in message  # where to change them
     assert "air-gapped" in message  # the offline hint
@@ -321,10 +318,10 @@ def test_all_mirrors_fail_lists_every_mirror_and_reason(
 
 def test_missing_md5_is_an_error(dest, sums):
     del sums[NAMES[2]]
-    with pytest.raises(SystemExit) as failure:
+    with pytest.raises(download.DownloadError) as failure:
         download.download_all(dest, ["/nowhere"], sums)
-    assert NAMES[2] in str(failure.value.code)
-    assert "data.md5" in str(failure.value.code)
+    assert NAMES[2] in str(failure.value)
+    assert "data.md5" in str(failure.value)
 
 
 # ------------------------------------------------------------------ local mirrors
@@ -463,7 +460,7 @@ def test_cli_downloads_with_md5_file_and_does_not_import_torch(mirror, published
     assert result.stdout.count("MD5 OK") == 4
     assert result.stdout.count("HTTP 404") == 4
     modules = imported_modules(result.stderr)
-    assert {"fashion_mnist", "numpy", "urllib"} <= modules  # the check itself works
+    assert {"fmnist", "numpy", "urllib"} <= modules  # the check itself works
     assert "torch" not in modules
     assert "torchvision" not in modules
 
@@ -481,7 +478,7 @@ def test_cli_without_md5_file_expects_official_sums(published, dest):
     result = run_cli("--dest", str(dest), "--mirror", str(published[0]))
     assert result.returncode == 1
     assert "MD5 mismatch" in result.stderr + result.stdout
-    assert fmnist.OFFICIAL_MD5[FIRST] in result.stdout
+    assert settings.defaults()["data"]["md5"][FIRST] in result.stdout
     assert list(dest.iterdir()) == []
 
 

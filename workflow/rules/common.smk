@@ -1,55 +1,20 @@
 import itertools
 import math
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-# Scripts run from the checkout (not a copy) so that they can import their sibling modules.
+# Scripts run from the checkout (not a copy) so that they can import their package.
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
 sys.path.insert(0, str(SCRIPTS_DIR))
-from fashion_mnist import FILE_NAMES as FASHION_MNIST_FILES  # numpy only, no torch
+from fmnist import idx, naming, settings  # no torch: planning stays fast
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
-
-
-def format_value(value):
-    """A parameter value as it appears in a run id: short, stable, filesystem-safe."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "+".join(format_value(v) for v in value)
-    return re.sub(r"[^A-Za-z0-9.+-]", "", str(value))
-
-
-def run_id(swept_values):
-    """`lr=0.001_seed=2` from {"lr": 0.001, "seed": 2}; keys sorted, so ids are stable."""
-    if not swept_values:
-        return "base"
-    return "_".join(
-        f"{k}={format_value(swept_values[k])}" for k in sorted(swept_values)
-    )
-
-
-# Keys the schema types as integers: JSON Schema also accepts 2.0 for them.
-INTEGER_KEYS = {
-    "epochs",
-    "batch_size",
-    "hidden_size",
-    "seed",
-    "microbatches",
-    "train_size",
-    "test_size",
-    "gpu",
-    "cpus_per_task",
-    "mem_mb",
-    "runtime",
-    "signal_seconds",
-}
+INTEGER_KEYS = settings.integer_keys()
 
 
 def check_numbers(value, key):
@@ -68,23 +33,25 @@ def check_numbers(value, key):
 
 def build_runs(train, sweep):
     """{run id: parameters} for the Cartesian product of the sweep over the base settings."""
+    try:
+        settings.check_sweep(sweep)
+    except settings.SettingError as err:
+        raise WorkflowError(f"config key {err}") from None
     keys = list(sweep)
     runs, swept = {}, {}
     for combination in itertools.product(*(sweep[k] for k in keys)):
         swept_values = dict(zip(keys, combination))
-        params = {**train, **swept_values}
-        name = run_id(swept_values)
+        name = naming.run_id(swept_values)
         if name in runs:
             raise WorkflowError(
                 f"sweep: values {swept_values} and {swept[name]} give the same run id {name!r}"
             )
         swept[name] = swept_values
-        if params["microbatches"] > params["batch_size"]:
-            raise WorkflowError(
-                f"run {name}: train.microbatches ({params['microbatches']}) exceeds "
-                f"train.batch_size ({params['batch_size']})"
-            )
-        runs[name] = params
+        runs[name] = {**train, **swept_values}
+        try:
+            settings.check_run_params(runs[name])
+        except settings.SettingError as err:
+            raise WorkflowError(f"run {name}: {err}") from None
     return runs
 
 
@@ -110,13 +77,13 @@ def script_path(name):
 
 
 def data_files():
-    return [f"{config['data']['dir']}/{name}" for name in FASHION_MNIST_FILES]
+    return [f"{config['data']['dir']}/{name}" for name in idx.FILE_NAMES]
 
 
 def synthetic_mirror_files():
     if config["data"]["synthetic"] is None:
         return []
-    return [f"{SYNTHETIC_MIRROR}/{name}" for name in FASHION_MNIST_FILES + ["MD5SUMS"]]
+    return [f"{SYNTHETIC_MIRROR}/{name}" for name in idx.FILE_NAMES + ["MD5SUMS"]]
 
 
 def download_arguments(wildcards, input):
@@ -131,24 +98,10 @@ def download_arguments(wildcards, input):
 
 
 def train_arguments(wildcards):
-    """The training script's options for one run."""
-    params = RUNS[wildcards.run]
-    devices = params["devices"]
-    args = [
-        f"--devices {' '.join(devices) if isinstance(devices, list) else devices}",
-        f"--epochs {params['epochs']}",
-        f"--batch-size {params['batch_size']}",
-        f"--lr {params['lr']!r}",
-        f"--hidden-size {params['hidden_size']}",
-        f"--seed {params['seed']}",
-        f"--microbatches {params['microbatches']}",
-        f"--adam-impl {params['adam_impl']}",
-        f"--run-id {wildcards.run}",
-        f"--swept {' '.join(sorted(config['sweep']))}",
-    ]
-    if params["tutorial_double_scaling"]:
-        args.append("--tutorial-double-scaling")
-    return " ".join(args)
+    """The training script's options for one run, derived from the schema's settings."""
+    words = settings.command_line(RUNS[wildcards.run])
+    words += ["--run-id", wildcards.run, "--swept", *sorted(config["sweep"])]
+    return shlex.join(words)
 
 
 def train_scheduler_resources():

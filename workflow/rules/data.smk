@@ -9,7 +9,7 @@ rule make_synthetic_fashion_mnist:
         files=expand(
             "{mirror}/{name}",
             mirror=SYNTHETIC_MIRROR,
-            name=FASHION_MNIST_FILES + ["MD5SUMS"],
+            name=idx.FILE_NAMES + ["MD5SUMS"],
         ),
     log:
         "results/logs/make_synthetic_fashion_mnist.log",

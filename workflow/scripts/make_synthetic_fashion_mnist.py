@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_mnist import SYNTHETIC_NOTICE, write_synthetic  # noqa: E402
+from fmnist.synthetic import SYNTHETIC_NOTICE, write_synthetic  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,85 @@
+"""Tests of fmnist/cluster.py: stopping at signals and at the SLURM deadline."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from fmnist import cluster
+
+
+def test_stopwatch_signals(monkeypatch, capsys, torch_state):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGURG):
+        watch = cluster.StopWatch(90.0)
+        assert signal.getsignal(sig) == watch._on_signal  # else raise_signal ends pytest
+        assert not watch.should_stop()
+        signal.raise_signal(sig)
+        assert watch.should_stop()
+        assert watch.reason == f"received {sig.name}"
+    assert capsys.readouterr().out == ""
+
+
+def test_stopwatch_slurm_deadline(monkeypatch, capsys, torch_state):
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    end = [time.time() + 1000]
+    monkeypatch.setattr(cluster, "slurm_end_time", lambda: end[0])
+    watch = cluster.StopWatch(90.0)
+    assert watch.deadline == end[0] - 90
+    assert "will stop 90 s before it" in capsys.readouterr().out
+    # Under SLURM, SIGURG (the warning signal) only makes it read the end time again.
+    signal.raise_signal(signal.SIGURG)
+    assert not watch.should_stop()
+    end[0] = time.time() + 60  # the limit was shortened: now inside the margin
+    signal.raise_signal(signal.SIGURG)
+    assert watch.should_stop()
+    assert watch.reason == "the SLURM time limit is near"
+    # A start inside the margin keeps half the time left for work.
+    end[0] = time.time() + 60
+    watch = cluster.StopWatch(90.0)
+    assert end[0] - 60 < watch.deadline <= end[0] - 29
+    assert not watch.should_stop()
+    assert "below the 90 s margin: using half" in capsys.readouterr().out
+
+
+def test_stopwatch_notices_an_extended_limit(monkeypatch, torch_state):
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    end = [time.time() + 100]
+    monkeypatch.setattr(cluster, "slurm_end_time", lambda: end[0])
+    watch = cluster.StopWatch(99.9)
+    end[0] = time.time() + 1000  # an admin extended the limit; no signal says so
+    time.sleep(0.2)  # past the first deadline
+    assert not watch.should_stop()
+    assert watch.deadline == pytest.approx(end[0] - 99.9)
+
+
+def test_stopwatch_puts_the_previous_handlers_back(monkeypatch, torch_state):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+
+    def mine(signum, frame):
+        pass
+
+    for sig in cluster.STOP_SIGNALS:
+        signal.signal(sig, mine)
+    with cluster.StopWatch(90.0) as watch:
+        assert all(signal.getsignal(s) == watch._on_signal for s in cluster.STOP_SIGNALS)
+    assert all(signal.getsignal(s) is mine for s in cluster.STOP_SIGNALS)
+
+
+def test_slurm_job_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert cluster.slurm_job() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
+    monkeypatch.setenv("SLURMD_NODENAME", "node7")
+    monkeypatch.delenv("SLURM_JOB_ACCOUNT", raising=False)
+    monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
+    monkeypatch.setenv("SLURM_GPUS", "2")
+    assert cluster.slurm_job() == {
+        "job_id": "42",
+        "partition": "gpu",
+        "node": "node7",
+        "account": None,
+        "gpus": "2",
+    }

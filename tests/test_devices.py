@@ -1,0 +1,41 @@
+"""Tests of fmnist/devices.py: train.devices resolved against the visible GPUs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fmnist.devices import DeviceError, resolve_devices
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("count", "expected", "why"),
+    [
+        (0, ["cpu", "cpu"], "no GPU visible: both stages on the CPU"),
+        (1, ["cuda:0", "cuda:0"], "one GPU visible: both stages on it"),
+        (3, ["cuda:0", "cuda:1"], "3 GPUs visible: one per stage"),
+    ],
+)
+def test_auto_devices(monkeypatch, count, expected, why):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    devices, message = resolve_devices("auto")
+    assert devices == [torch.device(d) for d in expected]
+    assert message == f"devices: auto -> {expected} ({why})"
+
+
+def test_configured_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_devices(["cpu"]) == (
+        [CPU, CPU],
+        "devices: ['cpu', 'cpu'] (as configured)",
+    )
+    assert resolve_devices(["cpu", "cuda:0"])[0] == [CPU, torch.device("cuda:0")]
+    with pytest.raises(DeviceError) as error:
+        resolve_devices(["cuda:0", "cuda:1"])
+    assert "but cuda:1 is not visible (torch.cuda.device_count()=1, CUDA_VISIBLE_DEVICES=" in (
+        str(error.value)
+    )
+    with pytest.raises(DeviceError) as error:
+        resolve_devices(["cpu", "cpu", "cpu"])
+    assert str(error.value) == "train.devices needs 1 or 2 devices, got ['cpu', 'cpu', 'cpu']"

@@ -1,0 +1,74 @@
+"""Checkpoints: everything a run needs to resume exactly, and what it must match to be resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .console import log
+from .devices import device_name
+from .files import atomic_write
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TRAINING_SCRIPT = PACKAGE_DIR.parent / "train.py"
+
+
+def code_digest() -> str:
+    """sha256 over the code that shapes the numbers: this package and the training script."""
+    digest = hashlib.sha256()
+    for path in [*sorted(PACKAGE_DIR.glob("*.py")), TRAINING_SCRIPT]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cpu_state(state):
+    """A copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: cpu_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_state(v) for v in state)
+    return state
+
+
+def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> str:
+    """What a checkpoint must match to be resumed exactly.
+
+    Anything that changes the numbers: settings, data, the code, the devices and
+    what they are (a retried job may land on another node type), the kernels' library
+    versions and CPU instruction set, and the thread count (it changes how CPU matmuls sum).
+    """
+    key = {
+        "params": params,
+        "data": data_md5,
+        "code": code_digest(),
+        "devices": [str(d) for d in devices],
+        "device_names": [device_name(d) for d in devices],
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def load_checkpoint(path: Path, expected_fingerprint: str):
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged checkpoint must not block a fresh start
+        log(f"checkpoint {path} is unreadable ({err}); starting from scratch")
+        return None
+    if state.get("fingerprint") != expected_fingerprint:
+        log(f"checkpoint {path} belongs to other settings or data; starting from scratch")
+        return None
+    return state
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda handle: torch.save(state, handle))

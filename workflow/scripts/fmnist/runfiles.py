@@ -1,0 +1,194 @@
+"""The files of a run folder, results/runs/{run}/: their format, one writer and one reader.
+
+``epochs.csv`` (one row per epoch) and ``run.json`` (provenance) are described by
+workflow/schemas/epochs.schema.yaml and workflow/schemas/run.schema.yaml; training writes
+them through :class:`EpochTable` and :func:`write_record`, gathering reads them back with
+:func:`read_run_dir`, which checks them against those schemas and names the file and key
+at fault. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+
+from .files import atomic_write_text
+from .schemas import load_schema
+
+EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE = (
+    "epochs.csv",
+    "run.json",
+    "model.pt",
+    "checkpoint.pt",
+)
+
+
+class RunFileError(Exception):
+    """A run file that does not follow its format; the message names the file and key."""
+
+
+EPOCH_COLUMNS = list(load_schema("epochs")["properties"])
+"""The columns every epochs.csv written by training has, in order."""
+
+
+def _key(path) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def check_record(record: dict, where: str | os.PathLike) -> None:
+    """Raise RunFileError naming ``where`` and the key if ``record`` breaks run.schema.yaml."""
+    errors = sorted(
+        jsonschema.Draft202012Validator(load_schema("run")).iter_errors(record),
+        key=lambda e: list(e.absolute_path),
+    )
+    if errors:
+        first = errors[0]
+        raise RunFileError(f"{where}: key {_key(first.absolute_path)}: {first.message}")
+
+
+def write_record(folder: Path, record: dict) -> None:
+    """Check ``record`` against the format, then write it as folder/run.json."""
+    path = folder / RECORD_FILE
+    check_record(record, path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def format_cell(value) -> str:
+    """repr() for floats, so that the CSV reads back to the same bits."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class EpochTable:
+    """epochs.csv: rewritten from the history on (re)start, then appended once per epoch."""
+
+    def __init__(self, path: Path, history: list[dict]):
+        self.path = path
+        self.has_header = bool(history)
+        text = self._header(history[0]) + "".join(map(self._line, history)) if history else ""
+        atomic_write_text(path, text)
+
+    @staticmethod
+    def _header(row: dict) -> str:
+        return ",".join(row) + "\n"
+
+    @staticmethod
+    def _line(row: dict) -> str:
+        return ",".join(map(format_cell, row.values())) + "\n"
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a") as handle:
+            if not self.has_header:
+                self.has_header = True
+                handle.write(self._header(row))
+            handle.write(self._line(row))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Run:
+    """One run as gathering sees it, whatever it was read from.
+
+    ``epochs`` maps each per-epoch column to its values; ``record`` is the run.json
+    provenance (None for a run converted from a tutorial log, which has none).
+    """
+
+    run_id: str
+    source: Path
+    params: dict
+    epochs: dict[str, list]
+    record: dict | None = None
+    skipped_lines: list[int] = field(default_factory=list)
+
+
+def check_epochs_increasing(epochs: list[int], where, line_numbers: list[int]) -> None:
+    for i in range(1, len(epochs)):
+        if not epochs[i] > epochs[i - 1]:
+            raise RunFileError(
+                f"{where}:{line_numbers[i]}: epoch numbers not increasing "
+                f"(epoch {epochs[i]} after epoch {epochs[i - 1]})"
+            )
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    missing = [c for c in ("epoch", "train_loss") if c not in header]
+    if missing:
+        raise RunFileError(f"{path}: missing column(s) {', '.join(missing)}")
+    if len(set(header)) != len(header):
+        raise RunFileError(f"{path}: duplicate column names")
+
+
+def _parse_rows(rows: list[list[str]], header: list[str], path: Path):
+    """The cells as floats (an empty cell is NaN), and each row's 1-based line number."""
+    columns: dict[str, list] = {h: [] for h in header}
+    targets = [columns[h] for h in header]
+    line_numbers = []
+    for lineno, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        line_numbers.append(lineno)
+        if len(row) != len(header):
+            raise RunFileError(f"{path}:{lineno}: expected {len(header)} values, got {len(row)}")
+        for name, target, cell in zip(header, targets, row):
+            cell = cell.strip()
+            try:
+                target.append(float(cell) if cell else math.nan)
+            except ValueError:
+                raise RunFileError(f"{path}:{lineno}: {name} is not a number: {cell!r}") from None
+    return columns, line_numbers
+
+
+def read_epochs(path: Path) -> dict[str, list]:
+    """The columns of an epochs.csv (every metric of the format, NaN where absent)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise RunFileError(f"{path}: cannot read CSV: {err}") from err
+    if not rows:
+        raise RunFileError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    _check_header(header, path)
+    columns, line_numbers = _parse_rows(rows[1:], header, path)
+    if not line_numbers:
+        raise RunFileError(f"{path}: no epochs")
+    for lineno, epoch in zip(line_numbers, columns["epoch"]):
+        if not (math.isfinite(epoch) and epoch == int(epoch)):
+            raise RunFileError(f"{path}:{lineno}: epoch {epoch} is not an integer")
+    columns["epoch"] = [int(e) for e in columns["epoch"]]
+    check_epochs_increasing(columns["epoch"], path, line_numbers)
+    n = len(line_numbers)
+    ordered = {name: columns.get(name, [math.nan] * n) for name in EPOCH_COLUMNS}
+    ordered.update(columns)
+    return ordered
+
+
+def read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunFileError(f"{path}: cannot read JSON: {err}") from err
+    if not isinstance(record, dict):
+        raise RunFileError(f"{path}: expected a JSON object")
+    check_record(record, path)
+    return record
+
+
+def read_run_dir(folder: str | os.PathLike) -> Run:
+    """Read and check a run folder holding epochs.csv and run.json."""
+    folder = Path(folder)
+    for name in (EPOCHS_FILE, RECORD_FILE):
+        if not (folder / name).is_file():
+            raise RunFileError(f"{folder / name}: missing (run folder {folder} is incomplete)")
+    record = read_record(folder / RECORD_FILE)
+    epochs = read_epochs(folder / EPOCHS_FILE)
+    return Run(record["run_id"], folder, record["params"], epochs, record)

@@ -1,0 +1,52 @@
+"""The training step: forward, backward and Adam on one batch.
+
+Autograd and torch.optim.Adam are the reference, and the step wherever a stage is on a
+GPU; the hand-written CPU step (kernel_step.py) is chosen by the setting train.cpu_step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import ModelParallelMLP, pipelined_loss
+
+# torch.optim.Adam's implementations, by the names train.adam_impl gives them.
+ADAM_IMPLS = {
+    "for_loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def make_optimizer(model: ModelParallelMLP, lr: float, adam_impl: str) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=lr, **ADAM_IMPLS[adam_impl])
+
+
+class AutogradStep:
+    """One training step the textbook way: autograd and torch.optim.Adam.step().
+
+    The step on GPUs; on the CPU, the reference that kernel_step.TrainStep reproduces
+    bit for bit (tests/test_kernel_step.py checks this) and the "before" of the benchmark.
+    """
+
+    def __init__(self, model: ModelParallelMLP, optimizer, microbatches: int):
+        self.model, self.optimizer, self.microbatches = model, optimizer, microbatches
+
+    def __call__(self, x, y, loss_out: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss = pipelined_loss(self.model, x, y, self.microbatches)
+        loss.backward()
+        self.optimizer.step()
+        loss_out.copy_(loss.detach())
+
+
+def make_step(model: ModelParallelMLP, optimizer, batch_size: int, params: dict):
+    """The kernel-level step where train.cpu_step asks for it and every stage is on the
+    CPU, the only place tests can prove it bitwise equal to autograd; else autograd."""
+    microbatches = params["microbatches"]
+    on_cpu = all(device.type == "cpu" for device in model.devices)
+    if on_cpu and params["cpu_step"] == "kernels":
+        from .kernel_step import TrainStep  # private ATen calls: only where they run
+
+        return TrainStep(model, optimizer, batch_size, microbatches)
+    return AutogradStep(model, optimizer, microbatches)
