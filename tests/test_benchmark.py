@@ -1,4 +1,4 @@
-"""Tests of workflow/scripts/benchmark.py, and of the training step it times.
+"""Tests of workflow/scripts/benchmark.py and fmnist/benchmarking.py (what it times).
 
 The benchmark runs once (module fixture) on the synthetic 2000/500 dataset with one
 thread, two rounds and short floors; train.py runs on the same data beside it. No
@@ -17,9 +17,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SCRIPTS_DIR, import_script
-
-train_py = import_script("train")
+from conftest import SCRIPTS_DIR
+from fmnist.benchmarking import step_flops
 
 BENCHMARK = SCRIPTS_DIR / "benchmark.py"
 TRAIN = SCRIPTS_DIR / "train.py"
@@ -141,8 +140,7 @@ def test_ratios_and_gflops_follow_from_the_samples_per_second(bench):
 
 
 def test_flop_count_of_a_step():
-    benchmark = import_script("benchmark")
-    flops = benchmark.step_flops(200)
+    flops = step_flops(200)
     # forward 784x200 and 200x10; both weight gradients; layer 2's input gradient only
     assert flops == {
         "forward": 2 * 784 * 200 + 2 * 200 * 10,

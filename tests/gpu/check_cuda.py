@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "workflow" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from fashion_mnist import write_synthetic  # noqa: E402
+from fmnist.synthetic import write_synthetic  # noqa: E402
 
 LAYOUTS = [["cuda:0", "cpu"], ["cuda:0", "cuda:0"]]
 METRICS = ["train_loss", "test_loss", "test_accuracy"]
@@ -88,8 +88,8 @@ def check_layouts(data: Path, work: Path, epochs: int) -> tuple[dict, list[str]]
                 # GPU against GPU must be bitwise equal.
                 "close_to_cpu": close(got[:1], expected[:1], rtol=2e-2),
                 "samples_per_second": [r["samples_per_second"] for r in csv_rows(first)],
-                "device_names": record["devices"]["names"],
-                "train_step": record["config"]["train_step"],
+                "device_names": record["attempts"][-1]["device_names"],
+                "train_step": record["setup"]["train_step"],
             }
             if not (results[name]["deterministic"] and results[name]["close_to_cpu"]):
                 failures.append(name)

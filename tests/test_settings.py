@@ -1,0 +1,136 @@
+"""fmnist/settings.py: each training setting is declared once (the schema) and every other
+place that names it (config.yaml, config/README.md, train.py's options, the rule's command
+line, run.json's params) follows from that entry."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, import_script
+from fmnist import settings
+
+train_py = import_script("train")
+
+
+def test_config_yaml_holds_exactly_the_schema_defaults():
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    expected = settings.defaults()
+    # data.synthetic is left out of config.yaml (commented), so that an overlay's
+    # `synthetic: {}` is not merged away; its default is null.
+    assert expected["data"].pop("synthetic") is None
+    assert config == expected
+
+
+def test_every_training_setting_is_commented_in_config_yaml():
+    lines = (REPO_ROOT / "config" / "config.yaml").read_text().splitlines()
+    for key in settings.TRAIN_KEYS:
+        (at,) = [i for i, line in enumerate(lines) if re.match(rf"  {key}: ", line)]
+        assert lines[at - 1].lstrip().startswith("#"), key
+
+
+def test_config_readme_table_is_the_schema_table():
+    readme = (REPO_ROOT / "config" / "README.md").read_text()
+    assert settings.markdown_table() in readme
+
+
+def test_every_setting_has_a_default_and_a_description():
+    for key, entry in settings.TRAIN_SCHEMA.items():
+        assert "default" in entry and entry.get("description"), key
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {
+            "devices": ["cuda:0", "cpu"],
+            "lr": 1e-05,
+            "tutorial_double_scaling": True,
+            "microbatches": 4,
+            "adam_impl": "fused",
+            "cpu_step": "autograd",
+            "seed": 12,
+        },
+    ],
+    ids=["defaults", "every-kind-changed"],
+)
+def test_the_rule_command_line_parses_back_to_the_same_params(changes, tmp_path):
+    params = {**settings.defaults()["train"], **changes}
+    argv = ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path)]
+    parsed, _ = train_py.parse_args(argv + settings.command_line(params))
+    assert parsed == params
+    assert list(parsed) == settings.TRAIN_KEYS
+
+
+def test_train_py_defaults_are_the_schema_defaults(tmp_path):
+    parsed, _ = train_py.parse_args(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path)])
+    assert parsed == settings.defaults()["train"]
+
+
+def test_help_lists_every_setting_with_its_description(capsys):
+    with pytest.raises(SystemExit):
+        train_py.parse_args(["--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even at hyphens
+    for key, entry in settings.TRAIN_SCHEMA.items():
+        assert settings.option(key) in text, key
+        assert "".join(entry["description"].split()) in text, key
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--epochs", "0", "train.epochs: 0 is less than the minimum of 1"),
+        ("--lr", "inf", "train.lr: inf is not a finite number"),
+        ("--lr", "0", "train.lr: 0.0 is less than or equal to the minimum of 0"),
+        ("--batch-size", "ten", "invalid literal for int()"),
+    ],
+)
+def test_train_py_refuses_what_the_schema_refuses(tmp_path, capsys, option, value, message):
+    argv = ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path), option, value]
+    with pytest.raises(SystemExit) as exit_info:
+        train_py.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_values_are_checked_against_their_train_entry():
+    settings.check_sweep({"lr": [0.1, 0.01], "devices": ["auto", ["cpu"]]})
+    with pytest.raises(settings.SettingError, match=r"sweep\.lr\[1\] -> train\.lr: 0 is less"):
+        settings.check_sweep({"lr": [0.1, 0]})
+    with pytest.raises(settings.SettingError, match=r"sweep\.epoch: not a training setting"):
+        settings.check_sweep({"epoch": [1]})
+
+
+def test_a_new_schema_entry_reaches_every_derived_place(monkeypatch, tmp_path):
+    """What adding a hyperparameter takes: the schema entry alone makes the option, the
+    command line, the recorded params, the sweep check and the README row."""
+    schema = copy.deepcopy(settings.TRAIN_SCHEMA)
+    schema["weight_decay"] = {
+        "type": "number",
+        "minimum": 0,
+        "default": 0.0,
+        "description": "Adam's L2 penalty",
+    }
+    monkeypatch.setattr(settings, "TRAIN_SCHEMA", schema)
+    monkeypatch.setattr(settings, "TRAIN_KEYS", list(schema))
+    params = {**settings.defaults()["train"], "weight_decay": 0.5}
+    assert settings.command_line(params)[-2:] == ["--weight-decay", "0.5"]
+    parser = argparse.ArgumentParser()
+    settings.add_options(parser)
+    args = parser.parse_args(settings.command_line(params))
+    assert settings.params_from_args(args) == params
+    settings.check_sweep({"weight_decay": [0.0, 0.1]})
+    with pytest.raises(settings.SettingError, match="weight_decay"):
+        settings.check_sweep({"weight_decay": [-1.0]})
+    assert "| `train.weight_decay` | `0.0` | Adam's L2 penalty |" in settings.markdown_table()
+
+
+def test_integer_keys_come_from_the_schema():
+    assert {"epochs", "batch_size", "seed", "train_size", "runtime", "signal_seconds"} <= (
+        settings.integer_keys()
+    )
+    assert not {"lr", "timeout_seconds", "devices"} & settings.integer_keys()
