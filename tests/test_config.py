@@ -123,7 +123,15 @@ BAD_CONFIGS = {
     ),
     "sweep-duplicate-devices": (
         {"sweep": {"devices": [["cpu", "cpu"], ["cpu", "cpu"]]}},
-        ["same run id 'devices=cpu+cpu'"],
+        ["has non-unique elements", "instance['sweep']['devices']"],
+    ),
+    "sweep-unknown-key": (
+        {"sweep": {"learning_rate": [0.1]}},
+        ["invalid config: sweep.learning_rate: not a training setting"],
+    ),
+    "sweep-bad-value": (
+        {"sweep": {"lr": [0.1, -1]}},
+        ["invalid config: sweep.lr[1] -> train.lr: -1 is less than or equal to the minimum of 0"],
     ),
     "sweep-empty-list": ({"sweep": {"seed": []}}, ["instance['sweep']['seed']"]),
     "microbatches-over-batch-size": (

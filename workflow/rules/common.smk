@@ -1,4 +1,3 @@
-import itertools
 import math
 import os
 import shlex
@@ -10,7 +9,8 @@ from snakemake.exceptions import WorkflowError
 # Scripts run from the checkout (not a copy) so that they can import their package.
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
 sys.path.insert(0, str(SCRIPTS_DIR))
-from fmnist import idx, naming, settings  # no torch: planning stays fast
+from fmnist import idx, settings  # no torch: planning stays fast
+from fmnist.sweep import build_runs as sweep_runs
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
@@ -34,25 +34,9 @@ def check_numbers(value, key):
 def build_runs(train, sweep):
     """{run id: parameters} for the Cartesian product of the sweep over the base settings."""
     try:
-        settings.check_sweep(sweep)
+        return sweep_runs(train, sweep)
     except settings.SettingError as err:
-        raise WorkflowError(f"config key {err}") from None
-    keys = list(sweep)
-    runs, swept = {}, {}
-    for combination in itertools.product(*(sweep[k] for k in keys)):
-        swept_values = dict(zip(keys, combination))
-        name = naming.run_id(swept_values)
-        if name in runs:
-            raise WorkflowError(
-                f"sweep: values {swept_values} and {swept[name]} give the same run id {name!r}"
-            )
-        swept[name] = swept_values
-        runs[name] = {**train, **swept_values}
-        try:
-            settings.check_run_params(runs[name])
-        except settings.SettingError as err:
-            raise WorkflowError(f"run {name}: {err}") from None
-    return runs
+        raise WorkflowError(f"invalid config: {err}") from None
 
 
 def check_time_limit(resources):
