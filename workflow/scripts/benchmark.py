@@ -46,7 +46,7 @@ from fmnist.benchmarking import (  # noqa: E402
     torchvision_root,
 )
 from fmnist.devices import device_name, resolve_devices  # noqa: E402
-from fmnist.provenance import package_version  # noqa: E402
+from fmnist.run_record import package_version  # noqa: E402
 from fmnist.steps import ADAM_IMPLS  # noqa: E402
 from fmnist.trainer import configure_determinism  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import provenance, runfiles
+from . import run_record, runfiles
 from .checkpoint import cpu_state, fingerprint, load_checkpoint, save_checkpoint
 from .cluster import StopWatch
 from .console import log
@@ -178,7 +178,7 @@ class Trainer:
     def record(self) -> dict:
         """run.json for the finished run (workflow/schemas/run.schema.yaml)."""
         return {
-            "format": provenance.RECORD_FORMAT,
+            "format": run_record.RECORD_FORMAT,
             "run_id": self.setup.run_id or self.setup.out_dir.name,
             "params": self.params,
             "swept": list(self.setup.swept),
@@ -189,9 +189,9 @@ class Trainer:
                 "deadline_margin_seconds": self.setup.deadline_margin,
                 "data_dir": str(self.setup.data_dir),
                 "data_md5": self.data_md5,
-                "determinism": provenance.determinism(),
+                "determinism": run_record.determinism(),
             },
-            "git": provenance.git_state(),
+            "git": run_record.git_state(),
             "attempts": self.attempts,
         }
 
@@ -232,7 +232,7 @@ def train_attempt(trainer: Trainer, stop: StopWatch, attempt: dict) -> bool:
         log_epoch(row, epochs)
     while trainer.epoch < epochs:
         if not trainer.run_epoch_batches(stop):
-            attempt.update(finished=provenance.now(), stopped=stop.reason)
+            attempt.update(finished=run_record.now(), stopped=stop.reason)
             trainer.save_checkpoint()
             log(
                 f"stopping early: {stop.reason}. Checkpoint saved at epoch {trainer.epoch + 1}, "
@@ -244,17 +244,17 @@ def train_attempt(trainer: Trainer, stop: StopWatch, attempt: dict) -> bool:
         log_epoch(row, epochs)
         trainer.save_checkpoint()
     log("Training finished.")
-    attempt["finished"] = provenance.now()
+    attempt["finished"] = run_record.now()
     return True
 
 
 def train(params: dict, setup: RunSetup, devices: list[torch.device]) -> bool:
     """One attempt at the run: True when it is finished, False when it stopped early."""
-    started = provenance.now()
+    started = run_record.now()
     setup.out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(params, setup, devices)
     resume(trainer)
-    attempt = provenance.attempt_record(started, trainer.epoch + 1, devices)
+    attempt = run_record.attempt_record(started, trainer.epoch + 1, devices)
     trainer.attempts.append(attempt)
     with StopWatch(setup.deadline_margin) as stop:
         finished = train_attempt(trainer, stop, attempt)
