@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT as REPO
-from conftest import copy_workflow, import_script, metric_columns, workflow_env
+from conftest import copy_workflow, metric_columns, workflow_env
+from fmnist.synthetic import write_synthetic
 
 pytestmark = pytest.mark.slurm
 
@@ -103,15 +104,15 @@ def test_training_job_gets_two_gpus_and_correct_outputs(slurm_cluster, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
     run_dir = workdir / "results/runs/base"
-    record = json.loads((run_dir / "run.json").read_text())
-    job = record["slurm"]["job_id"]
+    (attempt,) = json.loads((run_dir / "run.json").read_text())["attempts"]
+    job = attempt["slurm"]["job_id"]
     state, tres = sacct(job, "State,AllocTRES")
     assert state == "COMPLETED"
     assert "gres/gpu=2" in tres
-    assert record["slurm"]["partition"] == "debug"
-    assert record["slurm"]["node"] == "localhost"
+    assert attempt["slurm"]["partition"] == "debug"
+    assert attempt["slurm"]["node"] == "localhost"
     # The script saw the two GPUs SLURM gave the job.
-    assert record["cuda_visible_devices"] == "0,1"
+    assert attempt["cuda_visible_devices"] == "0,1"
     rows = list(csv.DictReader((run_dir / "epochs.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert (workdir / "results/tables/summary.csv").exists()
@@ -162,7 +163,7 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, 
     # The uninterrupted reference, computed meanwhile on the other core from the same
     # (deterministically generated) data.
     reference_dir = tmp_path / "reference"
-    sums = import_script("fashion_mnist").write_synthetic(tmp_path / "reference_data", **synthetic)
+    sums = write_synthetic(tmp_path / "reference_data", **synthetic)
     reference = start_reference(tmp_path / "reference_data", reference_dir, train)
     result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
     reference_out, _ = reference.communicate(timeout=600)
@@ -186,7 +187,7 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, 
     epochs = [r["epoch"] for r in csv.DictReader((run_dir / "epochs.csv").open())]
     assert epochs == [str(e) for e in range(1, 17)]
 
-    assert record["data_md5"] == sums
+    assert record["setup"]["data_md5"] == sums
     expected = metric_columns(reference_dir / "epochs.csv")
     assert metric_columns(run_dir / "epochs.csv") == expected
 

@@ -161,16 +161,16 @@ def test_run_outputs(done):
         "tutorial_double_scaling": False,
         "microbatches": 1,
         "adam_impl": "for_loop",
+        "cpu_step": "kernels",
     }
-    assert record["devices"]["stages"] == ["cpu", "cpu"]
-    assert record["config"]["data_dir"] == DATA_DIR
-    assert record["data_md5"] == {
+    assert record["swept"] == []
+    assert record["setup"]["devices"] == ["cpu", "cpu"]
+    assert record["setup"]["data_dir"] == DATA_DIR
+    assert record["setup"]["data_md5"] == {
         name: hashlib.md5((done / DATA_DIR / name).read_bytes()).hexdigest() for name in FILES
     }
-    final = record["final"]
-    assert final["epoch"] == 2
-    assert final["test_accuracy"] == float(epochs[1]["test_accuracy"])
-    assert final["train_loss"] == float(epochs[1]["train_loss"])
+    (attempt,) = record["attempts"]
+    assert attempt["start_epoch"] == 1 and "stopped" not in attempt
 
 
 def test_training_log_has_the_tutorials_lines(done):
