@@ -80,7 +80,12 @@ def test_tables_match_the_runs(swept):
         assert float(row["final_test_accuracy_mean"]) == pytest.approx(mean, rel=1e-12)
         assert float(row["final_test_accuracy_std"]) == pytest.approx(std, rel=1e-9, abs=1e-15)
         half = 12.706204736 * std / math.sqrt(2)  # t(0.975, 1)
-        assert float(row["final_test_accuracy_ci95_high"]) == pytest.approx(mean + half, rel=1e-8)
+        # Student-t, clipped to the accuracy's range [0, 1]
+        high = min(mean + half, 1.0)
+        assert float(row["final_test_accuracy_ci95_high"]) == pytest.approx(high, rel=1e-8)
+        assert float(row["final_test_accuracy_ci95_low"]) == pytest.approx(
+            max(mean - half, 0.0), rel=1e-8, abs=1e-15
+        )
     markdown = (swept / "results/tables/summary.md").read_text()
     assert "0.003" in markdown and "0.01" in markdown
     assert "\\toprule" in (swept / "results/tables/summary.tex").read_text()

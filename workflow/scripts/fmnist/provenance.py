@@ -1,84 +1,75 @@
-"""The provenance record of a run (run.json, format in workflow/schemas/run.schema.yaml).
+"""provenance.csv: where and how each run was made, read from its run.json (format 2).
 
-What holds for the whole run is written once at the top; what can change between the
-attempts of a resumed run (host, software, scheduler, device names) is in each attempt.
+Facts that hold for the whole run come from the top of the record (setup, git); facts that
+can change when a run is resumed elsewhere (host, software, scheduler) come from its
+attempts: the last attempt's, since it finished the run, except the start time (the first
+attempt's) and the SLURM job ids (every attempt's). The record was checked against
+workflow/schemas/run.schema.yaml on reading, so every key the schema requires is there.
+Imports no torch.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
-import socket
-import subprocess
-from importlib import metadata
-from pathlib import Path
+import math
 
-import torch
+import pandas as pd
 
-from .cluster import slurm_job
-from .devices import device_name
+from .runfiles import Run
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-RECORD_FORMAT = 2
+PROVENANCE_VERSIONS = ["python", "torch", "torchvision", "snakemake", "numpy", "cuda", "cudnn"]
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+def join_cell(value) -> str | float:
+    """A provenance fact as a cell: lists joined by ",", null NaN, anything else str()."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return math.nan if value is None else str(value)
 
 
-def git_state() -> dict:
-    def git(*args):
-        return subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=30
-        )
-
-    try:
-        head = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict:
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+def record_facts(record: dict | None) -> dict:
+    """The provenance runs.csv shows too (all NaN for a run without a record), and the
+    last attempt's SLURM job ({} outside SLURM)."""
+    if record is None:
+        return {
+            **dict.fromkeys(["stage_devices", "device_names", "git_commit"], math.nan),
+            "slurm": {},
+        }
+    last = record["attempts"][-1]
     return {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # a TorchVersion would not load with weights_only
-        "torchvision": package_version("torchvision"),
-        "snakemake": package_version("snakemake"),
-        "numpy": package_version("numpy"),
-        "cuda": torch.version.cuda,
-        "cudnn": cudnn,
+        "stage_devices": join_cell(record["setup"]["devices"]),
+        "device_names": join_cell(last["device_names"]),
+        "git_commit": join_cell(record["git"]["commit"]),
+        "slurm": last["slurm"] or {},
     }
 
 
-def attempt_record(started: str, start_epoch: int, devices: list[torch.device]) -> dict:
-    """This process's entry in run.json's attempts ("finished"/"stopped" added at its end)."""
-    return {
-        "started": started,
-        "start_epoch": start_epoch,
-        "hostname": socket.gethostname(),
-        "device_names": [device_name(d) for d in devices],
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "slurm": slurm_job(),
-        "versions": versions(),
+def provenance_row(run: Run) -> dict:
+    """Code, software, hardware, scheduler and data of one run folder."""
+    record, facts = run.record, record_facts(run.record)
+    attempts, setup = record["attempts"], record["setup"]
+    last, slurm = attempts[-1], facts["slurm"]
+    job_ids = [a["slurm"]["job_id"] for a in attempts if a["slurm"] is not None]
+    row = {
+        "run_id": run.run_id,
+        "git_commit": facts["git_commit"],
+        "git_dirty": join_cell(record["git"]["dirty"]),
+        **{name: join_cell(last["versions"][name]) for name in PROVENANCE_VERSIONS},
+        "stage_devices": facts["stage_devices"],
+        "device_names": facts["device_names"],
+        "threads": join_cell(setup["threads"]),
+        "hostname": join_cell(last["hostname"]),
+        "cuda_visible_devices": join_cell(last["cuda_visible_devices"]),
+        "slurm_job_ids": " ".join(job_ids) if job_ids else math.nan,
+        "slurm_partition": join_cell(slurm.get("partition")),
+        "slurm_node": join_cell(slurm.get("node")),
+        "attempts": len(attempts),
+        "started": attempts[0]["started"],
+        "finished": join_cell(last.get("finished")),
     }
+    row.update({f"md5_{name}": md5 for name, md5 in sorted(setup["data_md5"].items())})
+    return row
 
 
-def determinism() -> dict:
-    return {
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    }
+def provenance_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run folder (a tutorial log carries no provenance)."""
+    return pd.DataFrame([provenance_row(r) for r in runs if r.record is not None])

@@ -1,0 +1,106 @@
+"""Gathering: read each input into a :class:`runfiles.Run`, build the tables, write them.
+
+An input is a run folder (epochs.csv + run.json, checked against their schemas) or a log
+of the original tutorial, converted on reading. Everything is read, built and formatted
+before the first file is written, and each file is written atomically, so an error never
+leaves a half-written or a mixed set of tables behind. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from . import paper
+from .files import atomic_write_text
+from .runfiles import Run, RunFileError, read_run_dir
+from .tables import Tables, build_tables
+from .tutorial_log import read_tutorial_log
+
+OUTPUT_FILES = [
+    "epochs.csv",
+    "runs.csv",
+    "summary.csv",
+    "summary.md",
+    "summary.tex",
+    "provenance.csv",
+]
+
+
+def load_run(path: str | os.PathLike, skip_bad_lines: bool = False) -> Run:
+    """Read a run folder or a tutorial log, depending on what ``path`` is."""
+    path = Path(path)
+    if path.is_dir():
+        return read_run_dir(path)
+    if path.is_file():
+        return read_tutorial_log(path, skip_bad_lines)
+    raise RunFileError(f"{path}: no such run folder or log file")
+
+
+def load_runs(paths, skip_bad_lines: bool = False) -> list[Run]:
+    """Read every path, in order; run ids must be unique (they key every table)."""
+    runs, seen = [], {}
+    for path in paths:
+        run = load_run(path, skip_bad_lines)
+        if run.run_id in seen:
+            raise RunFileError(
+                f"{run.source}: duplicate run id {run.run_id!r} (also {seen[run.run_id]})"
+            )
+        seen[run.run_id] = run.source
+        runs.append(run)
+    if not runs:
+        raise RunFileError("no runs given")
+    return runs
+
+
+def report_skipped(runs: list[Run], skip_bad_lines: bool) -> None:
+    """Say on stderr which malformed tutorial-log lines were skipped: a skip is never silent."""
+    total = 0
+    for run in runs:
+        if run.skipped_lines:
+            total += len(run.skipped_lines)
+            lines = ", ".join(map(str, run.skipped_lines))
+            print(
+                f"gather: skipped {len(run.skipped_lines)} malformed line(s) "
+                f"in {run.source} (line {lines})",
+                file=sys.stderr,
+            )
+    if skip_bad_lines:
+        print(f"gather: skipped {total} malformed line(s) in total", file=sys.stderr)
+
+
+def render(tables: Tables) -> dict[str, str]:
+    """The text of each output file, by name (in the order of :data:`OUTPUT_FILES`)."""
+    return {
+        "epochs.csv": tables.epochs.to_csv(index=False),
+        "runs.csv": tables.runs.to_csv(index=False),
+        "summary.csv": tables.summary.to_csv(index=False),
+        "summary.md": paper.summary_markdown(tables.summary, tables.config_columns),
+        "summary.tex": paper.summary_latex(tables.summary, tables.config_columns),
+        "provenance.csv": tables.provenance.to_csv(index=False),
+    }
+
+
+def write_tables(out_dir: str | os.PathLike, tables: Tables) -> list[Path]:
+    """Format every file first, then write each one atomically into ``out_dir``."""
+    texts = render(tables)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        atomic_write_text(out_dir / name, text)
+    return [out_dir / name for name in texts]
+
+
+def gather_runs(paths, out_dir, skip_bad_lines: bool = False) -> Tables:
+    """Read ``paths``, write the tables into ``out_dir`` (unless it is None), return them.
+
+    Raises :class:`runfiles.RunFileError`, naming the file at fault, before anything is
+    written.
+    """
+    runs = load_runs(paths, skip_bad_lines)
+    report_skipped(runs, skip_bad_lines)
+    tables = build_tables(runs)
+    if out_dir is not None:
+        write_tables(out_dir, tables)
+    return tables
