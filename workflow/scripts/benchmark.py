@@ -36,19 +36,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist import idx, synthetic  # noqa: E402
-from fmnist.benchmarking import (  # noqa: E402
+from fmnist import idx, synthetic
+from fmnist.benchmarking import (
     build_variants,
     sgemm_gflops,
     step_flops,
     torchvision_root,
 )
-from fmnist.devices import device_name, resolve_devices  # noqa: E402
-from fmnist.run_record import package_version  # noqa: E402
-from fmnist.steps import ADAM_IMPLS  # noqa: E402
-from fmnist.trainer import configure_determinism  # noqa: E402
+from fmnist.devices import device_name, resolve_devices
+from fmnist.run_record import package_version
+from fmnist.steps import ADAM_IMPLS
+from fmnist.trainer import configure_determinism
 
 # ---------------------------------------------------------------------- running
 

@@ -13,13 +13,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist.download import DownloadError, download_all  # noqa: E402
-from fmnist.idx import read_md5_file  # noqa: E402
-from fmnist.settings import defaults  # noqa: E402
+from fmnist.download import DownloadError, download_all
+from fmnist.idx import read_md5_file
+from fmnist.settings import defaults
 
 OFFICIAL = defaults()["data"]  # the official mirrors and sums: the config's defaults
 

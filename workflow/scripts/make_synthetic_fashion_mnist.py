@@ -9,11 +9,9 @@ mirror for download_fashion_mnist.py. Imports no torch.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist.synthetic import SYNTHETIC_NOTICE, write_synthetic  # noqa: E402
+from fmnist.synthetic import SYNTHETIC_NOTICE, write_synthetic
 
 
 def main(argv=None) -> None:

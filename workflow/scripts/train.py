@@ -20,15 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-# cuBLAS reads this when CUDA initialises; it must be set before torch touches a GPU.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist import settings  # noqa: E402
-from fmnist.console import log  # noqa: E402
-from fmnist.devices import DeviceError, resolve_devices  # noqa: E402
-from fmnist.idx import FILE_NAMES  # noqa: E402
-from fmnist.trainer import EXIT_RESUMABLE, RunSetup, configure_determinism, train  # noqa: E402
+from fmnist import settings
+from fmnist.console import log
+from fmnist.devices import DeviceError, resolve_devices
+from fmnist.idx import FILE_NAMES
+from fmnist.trainer import EXIT_RESUMABLE, RunSetup, configure_determinism, train
 
 
 def available_cpus() -> int:

@@ -8,6 +8,7 @@ stopped, ending with the metrics of an uninterrupted run.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,9 @@ def log_epoch(row: dict, epochs: int) -> None:
 
 
 def configure_determinism(threads: int) -> None:
+    """Deterministic kernels and a fixed thread count: same settings, same bits. Call it
+    before anything runs on a GPU: cuBLAS reads its workspace setting when it starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.set_num_threads(threads)
