@@ -33,6 +33,19 @@ def import_script(name: str):
 
 
 METRICS = ["epoch", "train_loss", "test_loss", "test_accuracy"]
+# The training settings' defaults, written out: the tutorial's numbers (run.json's params).
+DEFAULT_SETTINGS = {
+    "devices": "auto",
+    "epochs": 10,
+    "batch_size": 100,
+    "lr": 0.01,
+    "hidden_size": 200,
+    "seed": 0,
+    "tutorial_double_scaling": False,
+    "microbatches": 1,
+    "adam_impl": "for_loop",
+    "cpu_step": "kernels",
+}
 
 
 def copy_workflow(dest: Path) -> Path:

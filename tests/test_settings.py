@@ -10,7 +10,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, import_script
+from conftest import DEFAULT_SETTINGS, REPO_ROOT, import_script
 from fmnist import settings
 
 train_py = import_script("train")
@@ -35,6 +35,10 @@ def test_every_training_setting_is_commented_in_config_yaml():
 def test_config_readme_table_is_the_schema_table():
     readme = (REPO_ROOT / "config" / "README.md").read_text()
     assert settings.markdown_table() in readme
+
+
+def test_the_defaults_are_the_tutorials_settings():
+    assert settings.defaults()["train"] == DEFAULT_SETTINGS
 
 
 def test_every_setting_has_a_default_and_a_description():

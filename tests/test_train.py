@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
+from conftest import DEFAULT_SETTINGS, REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
 from fmnist import checkpoint, idx, runfiles
 from fmnist.trainer import EXIT_RESUMABLE, Trainer
 
@@ -505,18 +505,7 @@ def test_run_json_provenance(runs, synthetic_data):
     info = json.loads((out / "run.json").read_text())
     runfiles.check_record(info, out / "run.json")  # it follows workflow/schemas/run.schema.yaml
     assert info["format"] == 2
-    assert info["params"] == {
-        "devices": ["cpu", "cpu"],
-        "epochs": 3,
-        "batch_size": 100,
-        "lr": 0.01,
-        "hidden_size": 200,
-        "seed": 0,
-        "tutorial_double_scaling": False,
-        "microbatches": 1,
-        "adam_impl": "for_loop",
-        "cpu_step": "kernels",
-    }
+    assert info["params"] == {**DEFAULT_SETTINGS, "devices": ["cpu", "cpu"], "epochs": 3}
     assert info["run_id"] == "ref"
     assert info["swept"] == []
     setup = info["setup"]

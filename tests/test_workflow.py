@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_workflow, workflow_env
+from conftest import DEFAULT_SETTINGS, copy_workflow, workflow_env
 
 FILES = [
     "train-images-idx3-ubyte.gz",
@@ -151,18 +151,7 @@ def test_run_outputs(done):
 
     record = json.loads((run / "run.json").read_text())
     assert record["run_id"] == "base"
-    assert record["params"] == {
-        "devices": ["cpu", "cpu"],
-        "epochs": 2,
-        "batch_size": 100,
-        "lr": 0.01,
-        "hidden_size": 200,
-        "seed": 0,
-        "tutorial_double_scaling": False,
-        "microbatches": 1,
-        "adam_impl": "for_loop",
-        "cpu_step": "kernels",
-    }
+    assert record["params"] == {**DEFAULT_SETTINGS, "devices": ["cpu", "cpu"], "epochs": 2}
     assert record["swept"] == []
     assert record["setup"]["devices"] == ["cpu", "cpu"]
     assert record["setup"]["data_dir"] == DATA_DIR

@@ -55,102 +55,101 @@ def summarize(values: list[float]) -> dict:
     return {"all": values, "best": max(values), "median": statistics.median(values)}
 
 
+def prepare_data(args, tmp: Path) -> tuple[Path, dict]:
+    """The data folder to time on (given, or generated synthetic) and how it was made."""
+    if args.data_dir is not None:
+        return args.data_dir, {"synthetic": False, "data_dir": str(args.data_dir)}
+    data_dir = tmp / "data"
+    synthetic.write_synthetic(data_dir, args.train_size, args.test_size, args.data_seed)
+    made = {"train_size": args.train_size, "test_size": args.test_size, "seed": args.data_seed}
+    return data_dir, {"synthetic": True, **made}
+
+
+def time_rounds(args, runs: dict, devices) -> tuple[dict, dict]:
+    """Seconds and losses of every (threads, variant) per round, and the sgemm peaks."""
+    results = {
+        t: {key: {"seconds": [], "samples": v.samples, "losses": []} for key, v in runs[t]}
+        for t in args.threads
+    }
+    sgemm = {t: [] for t in args.threads}
+    for rep in range(args.repetitions):
+        for t in args.threads:
+            configure_determinism(t)
+            # alternate the order, so no variant always runs first or last in a round
+            order = runs[t] if rep % 2 == 0 else runs[t][::-1]
+            for key, variant in order:
+                seconds, loss = variant.run()
+                results[t][key]["seconds"].append(seconds)
+                results[t][key]["losses"].append(loss)
+                rate = variant.samples / seconds
+                print(
+                    f"round {rep + 1}/{args.repetitions}  threads {t}  {key:34s} "
+                    f"{rate:10.0f} samples/s",
+                    flush=True,
+                )
+            sgemm[t].append(sgemm_gflops(args.sgemm_size, devices[0]))
+    return results, sgemm
+
+
+def variant_entries(variants: list, results: dict, flops: dict) -> dict:
+    """Per variant: samples/s, ratios to the first variant (the tutorial), GFLOP/s."""
+    entries, tutorial = {}, None
+    for key, variant in variants:
+        r = results[key]
+        entry = {
+            "label": variant.label,
+            "group": variant.group,
+            "samples_per_second": summarize([r["samples"] / s for s in r["seconds"]]),
+            "losses": r["losses"],
+        }
+        tutorial = tutorial or entry
+        tut, sps = tutorial["samples_per_second"], entry["samples_per_second"]
+        entry["ratio_to_tutorial"] = {
+            "best": sps["best"] / tut["best"],
+            "median": sps["median"] / tut["median"],
+            "median_of_rounds": statistics.median(a / b for a, b in zip(sps["all"], tut["all"])),
+        }
+        entry["gflops"] = {k: sps[k] * flops["total"] / 1e9 for k in ("best", "median")}
+        entries[key] = entry
+    return entries
+
+
 def benchmark(args, argv: list[str]) -> dict:
     devices, why = resolve_devices(args.devices)
     print(why, flush=True)
     flops = step_flops(args.hidden_size)
     with tempfile.TemporaryDirectory(prefix="fmnist-benchmark-") as tmp:
         tmp = Path(tmp)
-        if args.data_dir is None:
-            data_dir = tmp / "data"
-            synthetic.write_synthetic(data_dir, args.train_size, args.test_size, args.data_seed)
-            data_source = {
-                "synthetic": True,
-                "train_size": args.train_size,
-                "test_size": args.test_size,
-                "seed": args.data_seed,
-            }
-        else:
-            data_dir = args.data_dir
-            data_source = {"synthetic": False, "data_dir": str(data_dir)}
+        data_dir, data_source = prepare_data(args, tmp)
         args.train_size_actual = len(idx.load_split(data_dir, "train")[1])
         root = torchvision_root(data_dir, tmp / "torchvision")
         # One training run per (threads, variant): round r is epoch r of that run.
         runs = {
             t: build_variants(args, data_dir, root, tmp / f"runs{t}", devices) for t in args.threads
         }
-        results = {
-            t: {key: {"seconds": [], "samples": v.samples, "losses": []} for key, v in runs[t]}
-            for t in args.threads
-        }
-        sgemm = {t: [] for t in args.threads}
-        for rep in range(args.repetitions):
-            for t in args.threads:
-                configure_determinism(t)
-                # alternate the order, so no variant always runs first or last in a round
-                order = runs[t] if rep % 2 == 0 else runs[t][::-1]
-                for key, variant in order:
-                    seconds, loss = variant.run()
-                    results[t][key]["seconds"].append(seconds)
-                    results[t][key]["losses"].append(loss)
-                    rate = variant.samples / seconds
-                    print(
-                        f"round {rep + 1}/{args.repetitions}  threads {t}  {key:34s} "
-                        f"{rate:10.0f} samples/s",
-                        flush=True,
-                    )
-                sgemm[t].append(sgemm_gflops(args.sgemm_size, devices[0]))
-    report = {
+        results, sgemm = time_rounds(args, runs, devices)
+    settings = {
+        "devices": [str(d) for d in devices],
+        **{k: getattr(args, k) for k in ("batch_size", "lr", "hidden_size", "seed")},
+        **{k: getattr(args, k) for k in ("repetitions", "threads", "adam_impls", "microbatches")},
+        "floor_steps": args.floor_steps or -(-args.train_size_actual // args.batch_size),
+        "sgemm_size": args.sgemm_size,
+        "data": data_source,
+        "train_samples": args.train_size_actual,
+    }
+    return {
         "command": ["workflow/scripts/benchmark.py", *argv],
-        "settings": {
-            "devices": [str(d) for d in devices],
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "hidden_size": args.hidden_size,
-            "seed": args.seed,
-            "repetitions": args.repetitions,
-            "threads": args.threads,
-            "adam_impls": args.adam_impls,
-            "microbatches": args.microbatches,
-            "floor_steps": args.floor_steps or -(-args.train_size_actual // args.batch_size),
-            "sgemm_size": args.sgemm_size,
-            "data": data_source,
-            "train_samples": args.train_size_actual,
-        },
+        "settings": settings,
         "environment": environment(devices),
         "flops_per_sample": flops,
-        "threads": {},
+        "threads": {
+            str(t): {
+                "variants": variant_entries(runs[t], results[t], flops),
+                "sgemm_gflops": summarize(sgemm[t]),
+            }
+            for t in args.threads
+        },
     }
-    for t in args.threads:
-        variants = {}
-        tutorial = None
-        for key, variant in runs[t]:
-            r = results[t][key]
-            rates = [r["samples"] / s for s in r["seconds"]]
-            entry = {
-                "label": variant.label,
-                "group": variant.group,
-                "samples_per_second": summarize(rates),
-                "losses": r["losses"],
-            }
-            if tutorial is None:
-                tutorial = entry
-            tut = tutorial["samples_per_second"]
-            sps = entry["samples_per_second"]
-            entry["ratio_to_tutorial"] = {
-                "best": sps["best"] / tut["best"],
-                "median": sps["median"] / tut["median"],
-                "median_of_rounds": statistics.median(
-                    a / b for a, b in zip(sps["all"], tut["all"])
-                ),
-            }
-            entry["gflops"] = {k: sps[k] * flops["total"] / 1e9 for k in ("best", "median")}
-            variants[key] = entry
-        report["threads"][str(t)] = {
-            "variants": variants,
-            "sgemm_gflops": summarize(sgemm[t]),
-        }
-    return report
 
 
 def environment(devices) -> dict:
