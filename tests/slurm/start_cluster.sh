@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
 # Start (or confirm) a real single-node SLURM cluster with accounting and
-# fake GPUs on this machine, for the project's tests.
+# fake GPUs on this machine, for the project's tests. It is self-contained:
+# its own configs, munged, MariaDB, state, sockets and ports, all under
+# $SLURM_TEST_STATE; it never writes /etc/slurm, /etc/munge, /etc/mysql,
+# /run/munge or /run/mysqld, and never stops a daemon it did not start, so
+# a system SLURM on the same machine is not disturbed.
 #
-#   tests/slurm/start_cluster.sh          # idempotent; safe to rerun any time
-#   tests/slurm/stop_cluster.sh           # stop all daemons again
+#   tests/slurm/start_cluster.sh   # idempotent; a rerun confirms in <1 s
+#   tests/slurm/stop_cluster.sh    # stop its daemons again (same environment)
 #
-# Environment:
-#   SLURM_TEST_GPUS     GPUs the node declares (default 2; fake device nodes)
-#   SLURM_TEST_STATE    state/log/spool dir (default /var/tmp/mp-slurm-test)
-#   SLURM_TEST_CLUSTER  cluster name (default testcluster)
+# The LAST LINE of stdout is the SLURM_CONF path of the test cluster; every
+# SLURM client (sbatch, squeue, sacct, scontrol, sinfo, sacctmgr) must use it:
+#
+#   export SLURM_CONF="$(tests/slurm/start_cluster.sh | tail -n 1)"
+#
+# (tests/test_slurm.py's `slurm_cluster` fixture sets it for the session.)
+#
+# Environment (the same values must be given to stop_cluster.sh):
+#   SLURM_TEST_STATE        everything the cluster writes (default /var/tmp/mp-slurm-test-v2)
+#   SLURM_TEST_CLUSTER      cluster name (default testcluster)
+#   SLURM_TEST_GPUS         GPUs the node declares (default 2; fake device nodes)
+#   SLURM_TEST_CTLD_PORT    SlurmctldPort (default 16817)
+#   SLURM_TEST_SLURMD_PORT  SlurmdPort (default 16818)
+#   SLURM_TEST_DBD_PORT     DbdPort / AccountingStoragePort (default 16819)
+# MariaDB listens on a unix socket in the state dir only (no TCP port).
+#
+# If another process already listens on one of these ports, the script says
+# which and exits 1 before changing anything. Daemons of the previous version
+# of this script (state in /var/tmp/mp-slurm-test, configs in /etc/slurm) are
+# stopped on a cold start (see legacy_pids in common.sh); their files are left.
 #
 # Layout: munged -> mariadbd (unix socket only) -> slurmdbd -> slurmctld ->
 # slurmd, each started only if not already running, each with a bounded
@@ -39,7 +59,8 @@ show_log() {
 # $WAIT_S seconds; on timeout fail with the log's tail. Every probe below is
 # itself wrapped in `timeout` so a hung client cannot stretch the bound.
 wait_until() {
-    local desc=$1 logfile=$2; shift 2
+    local desc=$1 logfile=$2
+    shift 2
     local deadline=$((SECONDS + WAIT_S))
     until "$@" >/dev/null 2>&1; do
         if ((SECONDS >= deadline)); then
@@ -56,7 +77,27 @@ launch() { "$@" 9>&-; }
 
 # Make FILE exist with OWNER, so a daemon that drops privileges can still
 # write it.
-touch_owned() { touch "$2"; chown "$1" "$2"; }
+touch_owned() { touch "$2" && chown "$1" "$2"; }
+
+# ------------------------------------------------------------- settings
+
+check_settings() {
+    local name value ports=()
+    [[ $GPU_COUNT =~ ^[0-9]+$ ]] || die "SLURM_TEST_GPUS must be a number, got '$GPU_COUNT'"
+    [[ $CLUSTER_NAME =~ ^[a-z][a-z0-9_]*$ ]] ||
+        die "SLURM_TEST_CLUSTER must be lower-case letters, digits and _, got '$CLUSTER_NAME'"
+    # Absolute, no odd characters, short enough for unix socket paths (108 bytes).
+    [[ $STATE_DIR =~ ^/[A-Za-z0-9._/-]+$ && ${#STATE_DIR} -le 64 ]] ||
+        die "SLURM_TEST_STATE must be an absolute path of at most 64 plain characters, got '$STATE_DIR'"
+    for name in CTLD_PORT SLURMD_PORT DBD_PORT; do
+        value=${!name}
+        [[ $value =~ ^[0-9]+$ ]] && ((value >= 1024 && value <= 65535)) ||
+            die "SLURM_TEST_$name must be a port number in 1024-65535, got '$value'"
+        ports+=("$value")
+    done
+    [[ $(printf '%s\n' "${ports[@]}" | sort -u | wc -l) -eq ${#ports[@]} ]] ||
+        die "the controller, slurmd and slurmdbd ports must differ, got ${ports[*]}"
+}
 
 # ------------------------------------------------------------- packages
 
@@ -80,26 +121,78 @@ ensure_packages() {
         "${missing[@]}" >/dev/null
 }
 
+# The binaries the fast path needs (no dpkg queries: a rerun must be quick).
+have_binaries() { command -v slurmctld slurmd slurmdbd scontrol sinfo munged mariadbd >/dev/null; }
+
+# ------------------------------------------------------------------ ports
+
+# port_listeners PORT: one line "PID" per process listening on TCP PORT (any
+# address), or "?" for a listener whose process cannot be seen.
+port_listeners() {
+    local port=$1 lines
+    if command -v ss >/dev/null; then
+        lines=$(ss -Hltnp "sport = :$port" 2>/dev/null) || lines=""
+        [[ -n $lines ]] || return 0
+        if grep -q 'pid=' <<<"$lines"; then
+            grep -o 'pid=[0-9]*' <<<"$lines" | cut -d= -f2 | sort -u
+        else
+            echo "?"
+        fi
+    elif timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+        echo "?" # something accepts connections; without ss we cannot name it
+    fi
+}
+
+describe_pid() {
+    local pid=$1 args
+    [[ $pid == "?" ]] && { echo "a process this script cannot see (run as root, or install iproute2 for ss)"; return; }
+    args=$(proc_lines "$pid" cmdline | paste -sd ' ' | cut -c1-120)
+    echo "$(cat "/proc/$pid/comm" 2>/dev/null || echo '?') (pid $pid: ${args:-?})"
+}
+
+# Fail, before anything is written or started, if a process that is not one
+# of this cluster's daemons listens on one of its ports.
+check_ports() {
+    local name port pid bad=0
+    for name in SlurmctldPort:$CTLD_PORT SlurmdPort:$SLURMD_PORT DbdPort:$DBD_PORT; do
+        port=${name#*:}
+        while read -r pid; do
+            [[ -n $pid ]] || continue
+            [[ $pid != "?" ]] && proc_is_ours "$pid" "$SLURM_CONF_FILE" && continue
+            log "port $port (${name%%:*} of the test cluster) is already in use by $(describe_pid "$pid")"
+            bad=1
+        done < <(port_listeners "$port")
+    done
+    ((bad == 0)) || die "not starting the test cluster: port(s) in use by another process" \
+        "(nothing was changed); stop it, or choose other ports with SLURM_TEST_CTLD_PORT," \
+        "SLURM_TEST_SLURMD_PORT and SLURM_TEST_DBD_PORT"
+}
+
 # --------------------------------------------------------------- config
 
-# Hardware line from `slurmd -C`, so the node definition always matches the
-# machine (a node declaring more than it has is drained).
+HARDWARE="" # first line of `slurmd -C`, read once
+
+load_hardware() { [[ -n $HARDWARE ]] || HARDWARE=$(slurmd -C | head -n 1); }
+
+hw_field() { grep -o "\b$1=[0-9]*" <<<"$HARDWARE"; }
+
+# Hardware fields from `slurmd -C`, so the node definition always matches
+# the machine (a node declaring more than it has is drained).
 node_hardware() {
-    local hw field out=()
-    hw=$(slurmd -C | head -n 1)
+    local field out=()
     for field in CPUs Boards SocketsPerBoard CoresPerSocket ThreadsPerCore; do
-        out+=("$(grep -o "\b$field=[0-9]*" <<<"$hw")")
+        out+=("$(hw_field "$field")")
     done
     echo "${out[*]}"
 }
 
-node_cpus() { slurmd -C | grep -o '\bCPUs=[0-9]*' | cut -d= -f2; }
+node_cpus() { hw_field CPUs | cut -d= -f2; }
 
 # RealMemory with ~10% headroom: slurmd drains a node whose real memory is
 # below the configured value, and the OS plus the daemons need some too.
 node_memory() {
     local mem
-    mem=$(slurmd -C | grep -o '\bRealMemory=[0-9]*' | cut -d= -f2)
+    mem=$(hw_field RealMemory | cut -d= -f2)
     echo $((mem - mem / 10))
 }
 
@@ -110,11 +203,17 @@ render_slurm_conf() {
     ((GPU_COUNT > 0)) && gres="Gres=gpu:$GPU_COUNT"
     cat <<EOF
 # Generated by tests/slurm/start_cluster.sh -- local test cluster only.
+# Used through SLURM_CONF=$SLURM_CONF_FILE (daemons: -f); not /etc/slurm.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 SlurmUser=slurm
 SlurmdUser=root
+# Our own munged, on its own socket and key.
 AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+CredType=cred/munge
 MpiDefault=none
 # No mail on this machine; the default /bin/mail is missing and logged as an error.
 MailProg=/bin/true
@@ -146,7 +245,8 @@ JobRequeue=1
 ReturnToService=2
 
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=$NODE
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/none
 
@@ -169,12 +269,17 @@ render_gres_conf() {
 render_slurmdbd_conf() {
     cat <<EOF
 # Generated by tests/slurm/start_cluster.sh -- local test cluster only.
+# slurmdbd reads it from the directory of SLURM_CONF=$SLURM_CONF_FILE.
 AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
 DbdHost=$NODE
 DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
 SlurmUser=slurm
 PidFile=$SLURMDBD_PID
 LogFile=$LOG_DIR/slurmdbd.log
+# MariaDB of this test cluster: StorageHost=localhost means its unix socket,
+# which slurmdbd is given as MYSQL_UNIX_PORT=$DB_SOCKET.
 StorageType=accounting_storage/mysql
 StorageHost=localhost
 StorageUser=$DB_USER
@@ -203,17 +308,22 @@ install_config() {
 }
 
 any_config_differs() {
-    config_differs "$SLURM_ETC/slurm.conf" render_slurm_conf ||
-        config_differs "$SLURM_ETC/gres.conf" render_gres_conf ||
-        { [[ -r $SLURM_ETC/slurmdbd.conf || ! -e $SLURM_ETC/slurmdbd.conf ]] &&
-            config_differs "$SLURM_ETC/slurmdbd.conf" render_slurmdbd_conf; }
+    config_differs "$CONF_DIR/slurm.conf" render_slurm_conf ||
+        config_differs "$CONF_DIR/gres.conf" render_gres_conf ||
+        { [[ -r $CONF_DIR/slurmdbd.conf || ! -e $CONF_DIR/slurmdbd.conf ]] &&
+            config_differs "$CONF_DIR/slurmdbd.conf" render_slurmdbd_conf; }
 }
 
 make_state_dirs() {
     local i dev
-    mkdir -p "$STATE_DIR" "$LOG_DIR" "$DEV_DIR" "$SLURMD_SPOOL" "$SLURM_ETC"
+    install -d -m 0755 "$STATE_DIR" "$CONF_DIR" "$STATE_DIR/run" "$DEV_DIR" "$SLURMD_SPOOL"
     # slurmctld/slurmdbd run as slurm and chdir to their log dir.
-    mkdir -p "$RUN_DIR" "$CTLD_STATE" && chown slurm:slurm "$RUN_DIR" "$CTLD_STATE" "$LOG_DIR"
+    install -d -o slurm -g slurm -m 0755 "$LOG_DIR" "$RUN_DIR" "$CTLD_STATE"
+    install -d -o mysql -g mysql -m 0755 "$DB_RUN"
+    # munged insists on a key directory only it can read, and a socket
+    # directory that only it can write.
+    install -d -o munge -g munge -m 0700 "$MUNGE_DIR"
+    install -d -o munge -g munge -m 0755 "$MUNGE_RUN"
     # Pre-create logs with the owner of the daemon that writes them.
     touch_owned slurm:slurm "$LOG_DIR/slurmctld.log"
     touch_owned slurm:slurm "$LOG_DIR/slurmdbd.log"
@@ -228,12 +338,12 @@ make_state_dirs() {
 # Writes all configs; restarts slurm daemons that run with an outdated one.
 write_configs() {
     local slurm_changed=0 dbd_changed=0
-    install_config "$SLURM_ETC/slurm.conf" render_slurm_conf 0644 root:root && slurm_changed=1
-    install_config "$SLURM_ETC/gres.conf" render_gres_conf 0644 root:root && slurm_changed=1
+    install_config "$CONF_DIR/slurm.conf" render_slurm_conf 0644 root:root && slurm_changed=1
+    install_config "$CONF_DIR/gres.conf" render_gres_conf 0644 root:root && slurm_changed=1
     # slurmdbd refuses a config that others can read (it holds the DB password).
-    install_config "$SLURM_ETC/slurmdbd.conf" render_slurmdbd_conf 0600 slurm:slurm && dbd_changed=1
-    chown slurm:slurm "$SLURM_ETC/slurmdbd.conf"
-    chmod 0600 "$SLURM_ETC/slurmdbd.conf"
+    install_config "$CONF_DIR/slurmdbd.conf" render_slurmdbd_conf 0600 slurm:slurm && dbd_changed=1
+    chown slurm:slurm "$CONF_DIR/slurmdbd.conf"
+    chmod 0600 "$CONF_DIR/slurmdbd.conf"
 
     if ((slurm_changed)) &&
         { daemon_running slurmctld "$SLURMCTLD_PID" || daemon_running slurmd "$SLURMD_PID"; }; then
@@ -248,25 +358,25 @@ write_configs() {
 
 # -------------------------------------------------------------- daemons
 
-munge_ok() { munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; }
+munge_ok() { munge -S "$MUNGE_SOCKET" -n 2>/dev/null | timeout 5 unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; }
 
 start_munged() {
     if daemon_running munged "$MUNGED_PID" && munge_ok; then return 0; fi
-    # The package normally creates the key; make one if it did not.
-    if [[ ! -s /etc/munge/munge.key ]]; then
-        log "creating /etc/munge/munge.key"
-        runuser -u munge -- mungekey --create
+    if [[ ! -s $MUNGE_KEY ]]; then
+        log "creating the test cluster's munge key $MUNGE_KEY"
+        runuser -u munge -- mungekey --create --keyfile="$MUNGE_KEY"
     fi
-    install -d -o munge -g munge -m 0755 /run/munge
-    log "starting munged"
+    log "starting munged (socket $MUNGE_SOCKET)"
     rm -f "$MUNGED_PID"
-    launch runuser -u munge -- munged --pid-file="$MUNGED_PID"
-    wait_until munged /var/log/munge/munged.log munge_ok
+    launch runuser -u munge -- munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_KEY" \
+        --pid-file="$MUNGED_PID" --log-file="$MUNGE_DIR/munged.log" \
+        --seed-file="$MUNGE_DIR/munged.seed"
+    wait_until munged "$MUNGE_DIR/munged.log" munge_ok
 }
 
 db_ping() { timeout 5 mariadb-admin --no-defaults --socket="$DB_SOCKET" ping; }
 
-db_sql() { mariadb --no-defaults --socket="$DB_SOCKET" -u root -e "$1"; }
+db_sql() { mariadb --no-defaults --socket="$DB_SOCKET" -u root -N -B -e "$1"; }
 
 start_mariadb() {
     if ! daemon_running mariadbd "$MARIADB_PID"; then
@@ -278,7 +388,6 @@ start_mariadb() {
                 >>"$LOG_DIR/mariadb.log" 2>&1 ||
                 { show_log "$LOG_DIR/mariadb.log"; die "mariadb-install-db failed"; }
         fi
-        install -d -o mysql -g mysql -m 0755 "$(dirname "$DB_SOCKET")"
         log "starting mariadbd (unix socket $DB_SOCKET, no TCP)"
         # --no-defaults: ignore /etc/mysql so only these settings apply.
         # mariadbd does not daemonize itself: `setsid -f` forks it into its
@@ -303,8 +412,10 @@ sacctmgr_ok() { timeout 5 sacctmgr -n list cluster; }
 
 start_slurmdbd() {
     if ! daemon_running slurmdbd "$SLURMDBD_PID"; then
-        log "starting slurmdbd"
-        launch slurmdbd
+        log "starting slurmdbd (port $DBD_PORT)"
+        # No -f in slurmdbd: it reads slurmdbd.conf next to $SLURM_CONF.
+        # MYSQL_UNIX_PORT: the socket its MariaDB client library connects to.
+        MYSQL_UNIX_PORT="$DB_SOCKET" launch slurmdbd
     fi
     wait_until slurmdbd "$LOG_DIR/slurmdbd.log" sacctmgr_ok
 }
@@ -322,19 +433,22 @@ register_accounting() {
         timeout 10 sacctmgr -i add account root cluster="$CLUSTER_NAME" >/dev/null || true
         timeout 10 sacctmgr -i add user root account=root cluster="$CLUSTER_NAME" >/dev/null
     fi
+    # The slurmdbd that answered keeps its records in our MariaDB.
+    db_sql "SELECT name FROM $DB_NAME.cluster_table WHERE deleted = 0" | grep -qx "$CLUSTER_NAME" ||
+        die "slurmdbd on port $DBD_PORT does not store cluster $CLUSTER_NAME in the test MariaDB ($DB_SOCKET)"
 }
 
 ctld_ok() { timeout 5 scontrol ping | grep -q 'is UP'; }
 
 start_slurmctld() {
     if ! daemon_running slurmctld "$SLURMCTLD_PID"; then
-        log "starting slurmctld"
-        launch slurmctld
+        log "starting slurmctld (port $CTLD_PORT)"
+        launch slurmctld -f "$SLURM_CONF_FILE"
     fi
     wait_until slurmctld "$LOG_DIR/slurmctld.log" ctld_ok
 }
 
-node_state() { timeout 5 sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n 1; }
+node_state() { timeout 5 sinfo -h -p "$PARTITION" -n "$NODE" -o %T 2>/dev/null | head -n 1; }
 
 # Usable = idle, or busy with jobs (a rerun while tests run must not fail).
 # A suffix such as '*' (not responding) or '~' (powered off) is not usable.
@@ -355,9 +469,9 @@ node_ready_or_resume() {
 
 start_slurmd() {
     if ! daemon_running slurmd "$SLURMD_PID"; then
-        log "starting slurmd"
+        log "starting slurmd (port $SLURMD_PORT)"
         # -N: we are node "localhost" whatever this machine's hostname is.
-        launch slurmd -N "$NODE"
+        launch slurmd -f "$SLURM_CONF_FILE" -N "$NODE"
     fi
     wait_until "node $NODE" "$LOG_DIR/slurmd.log" node_ready_or_resume
 }
@@ -372,28 +486,59 @@ all_running() {
         daemon_running slurmd "$SLURMD_PID"
 }
 
-ready_line() {
+# The controller that answers through our SLURM_CONF is this cluster's own:
+# its name and port are ours and it has partition debug with our node.
+controller_is_ours() {
+    local config name port
+    config=$(timeout 5 scontrol show config 2>/dev/null) || return 1
+    name=$(awk -F' *= *' '$1 == "ClusterName" {print $2}' <<<"$config")
+    port=$(awk -F' *= *' '$1 == "SlurmctldPort" {print $2}' <<<"$config")
+    WAIT_DETAIL="controller reports ClusterName='$name' SlurmctldPort='$port'"
+    [[ $name == "$CLUSTER_NAME" && $port == "$CTLD_PORT" ]]
+}
+
+verify_cluster() {
+    controller_is_ours ||
+        die "the controller answering through SLURM_CONF=$SLURM_CONF_FILE is not the test cluster ($WAIT_DETAIL)"
+    node_usable ||
+        die "partition $PARTITION with node $NODE is not usable (sinfo: '$(node_state)')"
+}
+
+ready_lines() {
     echo "slurm test cluster ready: cluster=$CLUSTER_NAME partition=$PARTITION" \
-        "gpus=$GPU_COUNT cpus=$(node_cpus)"
+        "node=$NODE($(node_state)) gpus=$GPU_COUNT cpus=$(node_cpus)" \
+        "ports=$CTLD_PORT/$SLURMD_PORT/$DBD_PORT state=$STATE_DIR"
+    # Last line: what SLURM_CONF must be for every client of this cluster.
+    echo "$SLURM_CONF_FILE"
 }
 
 main() {
-    [[ $GPU_COUNT =~ ^[0-9]+$ ]] || die "SLURM_TEST_GPUS must be a number, got '$GPU_COUNT'"
-    ensure_packages
+    check_settings
 
-    # Fast path: nothing to do if all daemons run with the current config.
-    if all_running && ! any_config_differs && node_usable; then
-        log "already running (node state: $(node_state))"
-        ready_line
-        return 0
+    # Fast path: nothing to do if all daemons run with the current config and
+    # the controller that answers is ours.
+    if have_binaries && all_running; then
+        load_hardware
+        if ! any_config_differs && controller_is_ours && node_usable; then
+            log "already running (node state: $(node_state))"
+            ready_lines
+            return 0
+        fi
     fi
     ((EUID == 0)) || die "the test cluster is not (fully) running; run this script as root to start it"
 
+    # Nothing is written before this check.
+    check_ports
+    ensure_packages
+    load_hardware
+
     # Serialize concurrent starts (e.g. parallel test sessions).
-    mkdir -p "$STATE_DIR"
+    install -d -m 0755 "$STATE_DIR"
     exec 9>"$STATE_DIR/start.lock"
     flock -w 120 9 || die "another start_cluster.sh holds $STATE_DIR/start.lock"
+    check_ports # again: another start may have finished meanwhile
 
+    stop_legacy_daemons
     make_state_dirs
     write_configs
     start_munged
@@ -402,7 +547,8 @@ main() {
     register_accounting
     start_slurmctld
     start_slurmd
-    ready_line
+    verify_cluster
+    ready_lines
 }
 
 main "$@"

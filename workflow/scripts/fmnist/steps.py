@@ -18,8 +18,9 @@ ADAM_IMPLS = {
 }
 
 
-def make_optimizer(model: ModelParallelMLP, lr: float, adam_impl: str) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=lr, **ADAM_IMPLS[adam_impl])
+def make_optimizer(model: ModelParallelMLP, params: dict) -> torch.optim.Adam:
+    """Adam as the run's settings (train.lr, train.adam_impl) ask for it."""
+    return torch.optim.Adam(model.parameters(), lr=params["lr"], **ADAM_IMPLS[params["adam_impl"]])
 
 
 class AutogradStep:

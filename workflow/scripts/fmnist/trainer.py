@@ -60,7 +60,7 @@ class Trainer:
 
         torch.manual_seed(params["seed"])
         self.model = ModelParallelMLP(params["hidden_size"], devices)
-        self.optimizer = make_optimizer(self.model, params["lr"], params["adam_impl"])
+        self.optimizer = make_optimizer(self.model, params)
         self.step = make_step(self.model, self.optimizer, batch_size, params)
         self.shuffle = torch.Generator().manual_seed(params["seed"])
         self.history: list[dict] = []
