@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEFAULT_SETTINGS, REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
-from fmnist import checkpoint, idx, runfiles
+from conftest import REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
+from fmnist import checkpoint, idx, runfiles, settings
 from fmnist.trainer import EXIT_RESUMABLE, Trainer
 
 train_py = import_script("train")
@@ -505,7 +505,7 @@ def test_run_json_provenance(runs, synthetic_data):
     info = json.loads((out / "run.json").read_text())
     runfiles.check_record(info, out / "run.json")  # it follows workflow/schemas/run.schema.yaml
     assert info["format"] == 2
-    assert info["params"] == {**DEFAULT_SETTINGS, "devices": ["cpu", "cpu"], "epochs": 3}
+    assert info["params"] == {**settings.defaults()["train"], "devices": ["cpu", "cpu"], "epochs": 3}
     assert info["run_id"] == "ref"
     assert info["swept"] == []
     setup = info["setup"]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEFAULT_SETTINGS, copy_workflow, workflow_env
+from conftest import copy_workflow, workflow_env
+from fmnist import settings
 
 FILES = [
     "train-images-idx3-ubyte.gz",
@@ -151,7 +152,7 @@ def test_run_outputs(done):
 
     record = json.loads((run / "run.json").read_text())
     assert record["run_id"] == "base"
-    assert record["params"] == {**DEFAULT_SETTINGS, "devices": ["cpu", "cpu"], "epochs": 2}
+    assert record["params"] == {**settings.defaults()["train"], "devices": ["cpu", "cpu"], "epochs": 2}
     assert record["swept"] == []
     assert record["setup"]["devices"] == ["cpu", "cpu"]
     assert record["setup"]["data_dir"] == DATA_DIR
