@@ -505,7 +505,7 @@ def test_run_json_provenance(runs, synthetic_data):
     info = json.loads((out / "run.json").read_text())
     runfiles.check_record(info, out / "run.json")  # it follows workflow/schemas/run.schema.yaml
     assert info["format"] == 2
-    assert info["params"] == {**settings.defaults()["train"], "devices": ["cpu", "cpu"], "epochs": 3}
+    assert info["params"] == {**settings.defaults()["train"], "devices": ["cpu"] * 2, "epochs": 3}
     assert info["run_id"] == "ref"
     assert info["swept"] == []
     setup = info["setup"]

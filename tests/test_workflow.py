@@ -152,7 +152,7 @@ def test_run_outputs(done):
 
     record = json.loads((run / "run.json").read_text())
     assert record["run_id"] == "base"
-    assert record["params"] == {**settings.defaults()["train"], "devices": ["cpu", "cpu"], "epochs": 2}
+    assert record["params"] == {**settings.defaults()["train"], "devices": ["cpu"] * 2, "epochs": 2}
     assert record["swept"] == []
     assert record["setup"]["devices"] == ["cpu", "cpu"]
     assert record["setup"]["data_dir"] == DATA_DIR
