@@ -115,7 +115,7 @@ def test_a_new_schema_entry_reaches_every_derived_place(monkeypatch, tmp_path):
     """What adding a hyperparameter takes: the schema entry alone makes the option, the
     command line, the recorded params, the sweep check and the README row."""
     schema = copy.deepcopy(settings.TRAIN_SCHEMA)
-    schema["weight_decay"] = {
+    schema["example_new_setting"] = {
         "type": "number",
         "minimum": 0,
         "default": 0.0,
@@ -123,16 +123,17 @@ def test_a_new_schema_entry_reaches_every_derived_place(monkeypatch, tmp_path):
     }
     monkeypatch.setattr(settings, "TRAIN_SCHEMA", schema)
     monkeypatch.setattr(settings, "TRAIN_KEYS", list(schema))
-    params = {**settings.defaults()["train"], "weight_decay": 0.5}
-    assert settings.command_line(params)[-2:] == ["--weight-decay", "0.5"]
+    params = {**settings.defaults()["train"], "example_new_setting": 0.5}
+    assert settings.command_line(params)[-2:] == ["--example-new-setting", "0.5"]
     parser = argparse.ArgumentParser()
     settings.add_options(parser)
     args = parser.parse_args(settings.command_line(params))
     assert settings.params_from_args(args) == params
-    settings.check_sweep({"weight_decay": [0.0, 0.1]})
-    with pytest.raises(settings.SettingError, match="weight_decay"):
-        settings.check_sweep({"weight_decay": [-1.0]})
-    assert "| `train.weight_decay` | `0.0` | Adam's L2 penalty |" in settings.markdown_table()
+    settings.check_sweep({"example_new_setting": [0.0, 0.1]})
+    with pytest.raises(settings.SettingError, match="example_new_setting"):
+        settings.check_sweep({"example_new_setting": [-1.0]})
+    row = "| `train.example_new_setting` | `0.0` | Adam's L2 penalty |"
+    assert row in settings.markdown_table()
 
 
 def test_integer_keys_come_from_the_schema():

@@ -210,9 +210,14 @@ SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=slurm
 SlurmdUser=root
-# Our own munged, on its own socket and key.
+# Our own munged, on its own socket and key. Slurm 22.05 verifies (and
+# cred/munge signs) through AuthInfo's socket, but every process except
+# slurmdbd creates its messages' credentials through the socket named by
+# AccountingStoragePass (the "alternate munged" of its documentation):
+# without it, clients would use the system's /run/munge/munge.socket.2.
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCKET
+AccountingStoragePass=$MUNGE_SOCKET
 CredType=cred/munge
 MpiDefault=none
 # No mail on this machine; the default /bin/mail is missing and logged as an error.
