@@ -20,6 +20,8 @@ include: "workflow/rules/analysis.smk"
 
 rule all:
     input:
+        # The data too: a deleted file is fetched again before any run needs it.
+        data_files(),
         run_outputs("epochs.csv"),
         run_outputs("run.json"),
         run_outputs("model.pt"),

@@ -163,9 +163,10 @@ def assert_complete(dest: Path, sums: dict) -> None:
     for name in NAMES:
         assert md5_of(dest / name) == sums[name], name
     assert leftovers(dest) == []
-    assert sorted(p.name for p in dest.iterdir() if not p.name.endswith(".bad-md5")) == sorted(
-        NAMES
-    )
+    listing = sorted(p.name for p in dest.iterdir() if not p.name.endswith(".bad-md5"))
+    assert listing == sorted([*NAMES, idx.MANIFEST])
+    # The manifest training checks the files against: written once all four are verified.
+    assert idx.read_md5_file(dest / idx.MANIFEST) == {name: sums[name] for name in NAMES}
 
 
 def requested(mirror: Mirror, mode: str) -> list[str]:

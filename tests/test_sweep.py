@@ -132,3 +132,39 @@ def test_moving_the_checkout_or_the_signal_margin_reruns_nothing(swept, tmp_path
     result = snakemake(moved, "-n", "--profile", "profiles/local", "--configfile", "overlay.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def planned_runs(output: str) -> list[str]:
+    return sorted(
+        line.split("results/runs/")[1].split("/")[0]
+        for line in output.splitlines()
+        if "output: results/runs/" in line
+    )
+
+
+def test_a_data_file_fetched_again_retrains_nothing_other_data_retrain_all(swept, tmp_path):
+    """Checksums decide, not timestamps: a deleted file comes back with the same bytes and
+    only the new runs train; data with other sums retrain every run."""
+    work = tmp_path / "copy"
+    shutil.copytree(swept, work, symlinks=True)
+    (work / "resources/synthetic/train-images-idx3-ubyte.gz").unlink()
+    old = {run: (work / f"results/runs/{run}/epochs.csv").stat() for run in RUN_IDS}
+    overlay = yaml.safe_load((work / "overlay.yaml").read_text())
+    overlay["sweep"]["seed"] = [0, 1, 2]
+    (work / "more.yaml").write_text(yaml.safe_dump(overlay))
+    args = ["--profile", "profiles/local", "--configfile", "more.yaml"]
+    dry = snakemake(work, "-n", *args)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "rule download_fashion_mnist:" in dry.stdout
+    assert planned_runs(dry.stdout) == ["lr=0.003_seed=2", "lr=0.01_seed=2"]
+    result = snakemake(work, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for run, stat in old.items():
+        assert (work / f"results/runs/{run}/epochs.csv").stat().st_mtime_ns == stat.st_mtime_ns
+    assert (work / "resources/synthetic/train-images-idx3-ubyte.gz").is_file()
+    # Other data (another synthetic seed, so other sums): every run trains again.
+    overlay["data"]["synthetic"]["seed"] = 1
+    (work / "other.yaml").write_text(yaml.safe_dump(overlay))
+    dry = snakemake(work, "-n", "--profile", "profiles/local", "--configfile", "other.yaml")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert len(planned_runs(dry.stdout)) == 6

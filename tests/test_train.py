@@ -602,3 +602,43 @@ def test_meta_devices_are_refused(synthetic_data, tmp_path, capsys, torch_state)
         train_py.main(cli(synthetic_data, out, devices=["meta", "meta"]))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: train.devices: unsupported device meta\n"
+
+
+# ------------------------------------------------------------ 13. data checked
+
+
+def copy_data(source: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for name in [*idx.FILE_NAMES, idx.MANIFEST]:
+        (dest / name).write_bytes((source / name).read_bytes())
+    return dest
+
+
+def test_a_data_file_with_another_md5_is_named_and_set_aside(synthetic_data, tmp_path):
+    """A valid IDX file with other bytes (here the test labels in place of the train
+    labels' sum) must not train: exit 2, the file named and moved aside for re-fetching."""
+    data = copy_data(synthetic_data, tmp_path / "data")
+    swapped = data / "train-labels-idx1-ubyte.gz"
+    idx.write_idx(swapped, np.zeros(2000, np.uint8))
+    out = tmp_path / "run"
+    args = cli(data, out, epochs=1) + ["--md5-file", str(data / idx.MANIFEST)]
+    result = run_train(out, args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: {swapped} has MD5 ")
+    assert "config key data.md5" in result.stderr and "run the workflow again" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not swapped.exists() and (data / f"{swapped.name}.bad-md5").is_file()
+    assert not (out / "epochs.csv").exists() and not (out / "run.json").exists()
+
+
+def test_a_garbage_file_with_the_expected_md5_is_an_error_not_a_traceback(
+    synthetic_data, tmp_path
+):
+    data = copy_data(synthetic_data, tmp_path / "data")
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(b"not an IDX file")
+    sums = idx.verify_data(data, None)  # the sums as they are: the check passes
+    (data / "sums").write_text(idx.md5_file_text(sums))
+    out = tmp_path / "run"
+    result = run_train(out, cli(data, out, epochs=1) + ["--md5-file", str(data / "sums")])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "t10k-images-idx3-ubyte.gz" in result.stderr and "Traceback" not in result.stderr

@@ -35,7 +35,8 @@ rule download_fashion_mnist:
     input:
         mirror=synthetic_mirror_files(),
     output:
-        data_files(),
+        files=data_files(),
+        manifest=data_manifest(),
     log:
         "results/logs/download_fashion_mnist.log",
     benchmark:
@@ -47,7 +48,8 @@ rule download_fashion_mnist:
         runtime=30,
     params:
         script=script_path("download_fashion_mnist.py"),
-        dest=lambda wildcards, output: Path(output[0]).parent,
+        dest=lambda wildcards, output: Path(output.manifest).parent,
         sources=download_arguments,
     shell:
-        "python {params.script:q} --dest {params.dest:q} {params.sources} > {log} 2>&1"
+        "python {params.script:q} --dest {params.dest:q} --manifest {output.manifest:q}"
+        " {params.sources} > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule train_model_parallel:
     input:
-        data=data_files(),
+        # Ancient: fetched again with the same sums retrains nothing (see data_manifest).
+        manifest=ancient(data_manifest()),
     output:
         epochs="results/runs/{run}/epochs.csv",
         provenance="results/runs/{run}/run.json",
@@ -17,10 +18,10 @@ rule train_model_parallel:
         **train_scheduler_resources(),
     params:
         script=script_path("train.py"),
-        data_dir=lambda wildcards, input: Path(input.data[0]).parent,
+        data_dir=lambda wildcards, input: Path(input.manifest).parent,
         out_dir=lambda wildcards, output: Path(output.epochs).parent,
         options=train_arguments,
     shell:
-        "python {params.script:q} --data-dir {params.data_dir:q} --out-dir {params.out_dir:q}"
-        " {params.options} --threads {threads} --deadline-margin {resources.signal_seconds}"
+        "python {params.script:q} --data-dir {params.data_dir:q} --md5-file {input.manifest:q}"
+        " --out-dir {params.out_dir:q} {params.options} --threads {threads} --deadline-margin {resources.signal_seconds}"
         " > {log} 2>&1"

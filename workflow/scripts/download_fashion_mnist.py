@@ -16,20 +16,10 @@ import argparse
 from pathlib import Path
 
 from fmnist.download import DownloadError, download_all
-from fmnist.idx import read_md5_file
+from fmnist.idx import parse_md5_pairs, read_md5_file
 from fmnist.settings import defaults
 
 OFFICIAL = defaults()["data"]  # the official mirrors and sums: the config's defaults
-
-
-def parse_md5_pairs(pairs: list[str]) -> dict:
-    sums = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or len(value) != 32:
-            raise SystemExit(f"error: --md5 expects NAME=32-hex-digit-sum, got {pair!r}")
-        sums[name] = value.lower()
-    return sums
 
 
 def main(argv=None) -> None:
@@ -43,13 +33,20 @@ def main(argv=None) -> None:
     parser.add_argument("--md5", action="append", default=[], help="NAME=SUM (default: official)")
     parser.add_argument("--md5-file", type=Path, help="md5sum-style file with the expected sums")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per connection")
+    parser.add_argument(
+        "--manifest", type=Path, help="where to write the verified sums (default: DEST/MD5SUMS)"
+    )
     args = parser.parse_args(argv)
     md5 = dict(OFFICIAL["md5"])
     if args.md5_file:
         md5.update(read_md5_file(args.md5_file))
-    md5.update(parse_md5_pairs(args.md5))
     try:
-        download_all(args.dest, args.mirror or OFFICIAL["mirrors"], md5, args.timeout)
+        md5.update(parse_md5_pairs(args.md5))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        mirrors = args.mirror or OFFICIAL["mirrors"]
+        download_all(args.dest, mirrors, md5, args.timeout, args.manifest)
     except DownloadError as err:
         raise SystemExit(f"error: {err}") from None
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from fmnist import settings
 from fmnist.console import log
 from fmnist.devices import DeviceError, resolve_devices
-from fmnist.idx import FILE_NAMES
+from fmnist.idx import DataError, IdxFormatError, read_md5_file
 from fmnist.trainer import EXIT_RESUMABLE, RunSetup, configure_determinism, train
 
 
@@ -42,6 +42,12 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         "--out-dir results/runs/base --devices cpu cpu --epochs 2",
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="the four .gz files")
+    parser.add_argument(
+        "--md5-file",
+        type=Path,
+        help="md5sum-style sums the four files must have (checked before training; "
+        "a file that differs is moved aside and named)",
+    )
     parser.add_argument("--out-dir", type=Path, required=True, help="run folder for outputs")
     settings.add_options(parser)
     parser.add_argument("--threads", type=int, default=available_cpus(), help="torch threads")
@@ -60,8 +66,18 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         params = settings.params_from_args(args)
     except settings.SettingError as err:
         parser.error(str(err))
+    try:
+        expected = read_md5_file(args.md5_file) if args.md5_file else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--md5-file: {err}")
     setup = RunSetup(
-        args.data_dir, args.out_dir, args.threads, args.deadline_margin, args.run_id, args.swept
+        args.data_dir,
+        args.out_dir,
+        args.threads,
+        args.deadline_margin,
+        args.run_id,
+        args.swept,
+        expected_md5=expected,
     )
     return params, setup
 
@@ -74,16 +90,14 @@ def fail(message: str):
 
 def main(argv=None) -> int:
     params, setup = parse_args(argv)
-    missing = [name for name in FILE_NAMES if not (setup.data_dir / name).is_file()]
-    if missing:
-        fail(f"{setup.data_dir} lacks {', '.join(missing)} (config key data.dir)")
     configure_determinism(setup.threads)
     try:
         devices, why = resolve_devices(params["devices"])
-    except DeviceError as err:
+        log(why)
+        finished = train(params, setup, devices)
+    except (DeviceError, DataError, IdxFormatError) as err:
         fail(str(err))
-    log(why)
-    return 0 if train(params, setup, devices) else EXIT_RESUMABLE
+    return 0 if finished else EXIT_RESUMABLE
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .idx import FILE_NAMES, md5sum
+from .files import atomic_write_text
+from .idx import FILE_NAMES, MANIFEST, md5_file_text, md5sum
 
 CHUNK = 1 << 20
 OFFLINE_HINT = (
@@ -104,7 +105,11 @@ def set_aside_if_corrupt(path: Path, expected_md5: str) -> bool:
     return False
 
 
-def download_all(dest_dir: Path, mirrors: list[str], md5: dict, timeout: float = 60.0) -> None:
+def download_all(
+    dest_dir: Path, mirrors: list[str], md5: dict, timeout: float = 60.0, manifest=None
+) -> None:
+    """Fetch every file that is not already there with the right sum; then write the
+    manifest (md5sum lines; default dest_dir/MD5SUMS) that training checks the files by."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     missing = [name for name in FILE_NAMES if name not in md5]
     if missing:
@@ -132,3 +137,5 @@ def download_all(dest_dir: Path, mirrors: list[str], md5: dict, timeout: float =
                 f"could not fetch {name} from any of {len(mirrors)} mirror(s) "
                 f"(config key data.mirrors):\n{listing}\n{OFFLINE_HINT}"
             )
+    manifest = dest_dir / MANIFEST if manifest is None else manifest
+    atomic_write_text(manifest, md5_file_text({n: md5[n] for n in FILE_NAMES}))

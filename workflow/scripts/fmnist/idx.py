@@ -22,6 +22,7 @@ FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
 }
 FILE_NAMES = list(FILES.values())
+MANIFEST = "MD5SUMS"  # the four files' sums, written beside them once they are verified
 
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
@@ -32,6 +33,10 @@ _UBYTE = 0x08
 
 class IdxFormatError(ValueError):
     """A file that is not a valid uint8 IDX file."""
+
+
+class DataError(ValueError):
+    """A data file that is missing or is not the one expected; the message says the fix."""
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -104,4 +109,42 @@ def read_md5_file(path: str | os.PathLike) -> dict:
         if len(parts) != 2 or len(parts[0]) != 32:
             raise ValueError(f"{path}:{number}: expected '<md5>  <file name>', got {line!r}")
         sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
+def md5_file_text(sums: dict) -> str:
+    """`md5sum`-style lines ("<hex>  <name>"), as read_md5_file reads them."""
+    return "".join(f"{value}  {name}\n" for name, value in sums.items())
+
+
+def parse_md5_pairs(pairs: list[str]) -> dict:
+    """{name: sum} from "NAME=SUM" words (ValueError naming a malformed one)."""
+    sums = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or len(value) != 32:
+            raise ValueError(f"--md5 expects NAME=32-hex-digit-sum, got {pair!r}")
+        sums[name] = value.lower()
+    return sums
+
+
+def verify_data(data_dir: Path, expected: dict | None) -> dict:
+    """The four files' MD5 sums, checked against ``expected`` (when given).
+
+    A file with another sum is moved aside (NAME.bad-md5), so that the workflow's download
+    rule fetches it again on the next run; DataError names it and says so.
+    """
+    missing = [name for name in FILE_NAMES if not (data_dir / name).is_file()]
+    if missing:
+        raise DataError(f"{data_dir} lacks {', '.join(missing)} (config key data.dir)")
+    sums = {name: md5sum(data_dir / name) for name in FILE_NAMES}
+    for name, value in sums.items():
+        if expected is not None and value != expected.get(name):
+            path = data_dir / name
+            aside = path.with_name(path.name + ".bad-md5")
+            os.replace(path, aside)
+            raise DataError(
+                f"{path} has MD5 {value}, expected {expected.get(name)} (config key data.md5); "
+                f"moved it aside to {aside}: run the workflow again to fetch it again"
+            )
     return sums

@@ -23,7 +23,7 @@ from .console import log
 from .data import BatchMaker, DeviceData, scale_pixels_
 from .devices import synchronized_elapsed
 from .files import atomic_write, remove_stale_temporaries
-from .idx import FILE_NAMES, md5sum
+from .idx import verify_data
 from .model import ModelParallelMLP
 from .steps import make_optimizer, make_step
 
@@ -41,6 +41,7 @@ class RunSetup:
     deadline_margin: float = 90.0
     run_id: str | None = None
     swept: tuple[str, ...] = ()
+    expected_md5: dict | None = None  # the four files' sums, checked before training
 
 
 class Trainer:
@@ -50,7 +51,7 @@ class Trainer:
         self.params, self.setup, self.devices = params, setup, devices
         self.checkpoint_path = setup.out_dir / runfiles.CHECKPOINT_FILE
         remove_stale_temporaries(setup.out_dir)  # left by a kill mid-write
-        self.data_md5 = {name: md5sum(setup.data_dir / name) for name in FILE_NAMES}
+        self.data_md5 = verify_data(setup.data_dir, setup.expected_md5)
         self.fingerprint = fingerprint(params, devices, self.data_md5)
         self.train = DeviceData(setup.data_dir, "train", devices[0], devices[-1])
         self.test = DeviceData(setup.data_dir, "test", devices[0], devices[-1])
