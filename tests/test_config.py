@@ -360,7 +360,8 @@ def test_synthetic_settings_get_schema_defaults(dry_runs):
     assert "--train-size 10000 --test-size 2000 --seed 4 " in output
     download = download_command(output)
     mirror = "resources/synthetic_fashion_mnist_mirror"
-    assert f"--dest resources/synthetic --mirror {mirror} --md5-file {mirror}/MD5SUMS" in download
+    assert "--dest resources/synthetic --manifest resources/synthetic/MD5SUMS." in download
+    assert f" --mirror {mirror} --md5-file {mirror}/MD5SUMS" in download
     assert "amazonaws" not in download
     assert "--data-dir resources/synthetic " in train_commands(output)["base"]
 

@@ -7,6 +7,7 @@ what SLURM allocated is read back from sacct.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -32,10 +33,19 @@ SLURM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
+START_SCRIPT = REPO / "tests/slurm/start_cluster.sh"
+
+
+@functools.cache
+def start_slurm_cluster() -> str:
+    """Start (or confirm) the test cluster; its SLURM_CONF path (the script's last line).
+
+    The cluster is self-contained (its own config, munged, MariaDB and ports, all under
+    its state folder, /var/tmp/mp-slurm-test-v2 by default): only clients that read this
+    SLURM_CONF talk to it.
+    """
     start = subprocess.run(
-        ["bash", str(REPO / "tests/slurm/start_cluster.sh")],
+        ["bash", str(START_SCRIPT)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,10 +53,28 @@ def slurm_cluster():
     assert start.returncode == 0, (
         f"SLURM test cluster did not start:\n{start.stdout}\n{start.stderr}"
     )
-    return start.stdout
+    conf = start.stdout.strip().splitlines()[-1]
+    assert os.path.isabs(conf) and os.path.isfile(conf), start.stdout
+    return conf
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The test cluster's SLURM_CONF, set in os.environ for the rest of the session.
+
+    Every snakemake run, its sbatch/srun/sacct calls and the jobs themselves (sbatch
+    exports the environment) inherit it, so none can reach another SLURM on this machine.
+    """
+    conf = start_slurm_cluster()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", conf)
+        yield conf
 
 
 def slurm_env() -> dict:
+    # Without the fixture's SLURM_CONF, sbatch would submit to whatever SLURM
+    # /etc/slurm describes on this machine.
+    assert os.environ.get("SLURM_CONF"), "SLURM_CONF is unset: use the slurm_cluster fixture"
     return workflow_env(FMNIST_SLURM_ACCOUNT="root", FMNIST_SLURM_PARTITION="debug")
 
 
@@ -85,6 +113,7 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 400) -> subprocess.C
 def sacct(job_id: str, fields: str) -> list[str]:
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields],
+        env=slurm_env(),
         capture_output=True,
         text=True,
         check=True,

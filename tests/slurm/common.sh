@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # settings are used by the scripts that source this
 # Shared settings and helpers for start_cluster.sh / stop_cluster.sh.
 # Sourced, not executed.
 #
@@ -42,8 +43,8 @@ unset SLURM_CLUSTERS SINFO_PARTITION SINFO_FORMAT SINFO_SORT SLURM_TIME_FORMAT
 
 MUNGE_SOCKET="$MUNGE_RUN/munge.socket"
 MUNGE_KEY="$MUNGE_DIR/munge.key"
-# munge/unmunge (the readiness probe) honour MUNGE_SOCKET like `-S`.
-export MUNGE_SOCKET
+# libmunge has no environment variable for the socket: the readiness probe
+# passes `munge -S`/`unmunge -S`, SLURM gets it from its configs.
 
 # MariaDB: unix socket only (--skip-networking), in the state dir. slurmdbd
 # 22.05 has no socket setting, but its client library (libmariadb) takes the
@@ -145,7 +146,7 @@ terminate() {
 # munged (on /run/munge with /etc/munge/munge.key) cannot be told apart from
 # a system munged, so it is left running; it does not disturb this cluster.
 legacy_pids() {
-    local comm pidfile expected pid args
+    local comm pidfile expected pid args name
     for comm in slurmd slurmctld slurmdbd; do
         pidfile="$LEGACY_STATE_DIR/run/$comm.pid"
         case $comm in
@@ -158,8 +159,10 @@ legacy_pids() {
         args=$(proc_lines "$pid" cmdline | paste -sd ' ')
         [[ $args == "$expected" ]] && echo "$pid $comm"
     done
+    # Builtins only in this loop over every process: it runs on every start.
     for pidfile in /proc/[0-9]*/comm; do
-        [[ $(cat "$pidfile" 2>/dev/null) == mariadbd ]] || continue
+        { read -r name <"$pidfile"; } 2>/dev/null || continue
+        [[ $name == mariadbd ]] || continue
         pid=${pidfile#/proc/}
         pid=${pid%/comm}
         proc_lines "$pid" cmdline | grep -qxF -- "--datadir=$LEGACY_STATE_DIR/mysql" &&

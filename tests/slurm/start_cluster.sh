@@ -91,8 +91,9 @@ check_settings() {
         die "SLURM_TEST_STATE must be an absolute path of at most 64 plain characters, got '$STATE_DIR'"
     for name in CTLD_PORT SLURMD_PORT DBD_PORT; do
         value=${!name}
-        [[ $value =~ ^[0-9]+$ ]] && ((value >= 1024 && value <= 65535)) ||
+        if ! [[ $value =~ ^[0-9]+$ ]] || ((value < 1024 || value > 65535)); then
             die "SLURM_TEST_$name must be a port number in 1024-65535, got '$value'"
+        fi
         ports+=("$value")
     done
     [[ $(printf '%s\n' "${ports[@]}" | sort -u | wc -l) -eq ${#ports[@]} ]] ||
@@ -526,6 +527,11 @@ main() {
         load_hardware
         if ! any_config_differs && controller_is_ours && node_usable; then
             log "already running (node state: $(node_state))"
+            if ((EUID == 0)); then
+                stop_legacy_daemons
+            elif [[ -n $(legacy_pids) ]]; then
+                log "note: daemons of the previous test-cluster version still run; run as root to stop them"
+            fi
             ready_lines
             return 0
         fi
