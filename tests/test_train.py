@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
-from fmnist import checkpoint, idx, runfiles, settings
-from fmnist.trainer import EXIT_RESUMABLE, Trainer
+from fmnist import checkpoint, files, idx, runfiles, settings
+from fmnist.trainer import EXIT_RESUMABLE, LOCK_FILE, Trainer
 
 train_py = import_script("train")
 
@@ -631,9 +631,7 @@ def test_a_data_file_with_another_md5_is_named_and_set_aside(synthetic_data, tmp
     assert not (out / "epochs.csv").exists() and not (out / "run.json").exists()
 
 
-def test_a_garbage_file_with_the_expected_md5_is_an_error_not_a_traceback(
-    synthetic_data, tmp_path
-):
+def test_a_garbage_file_with_the_expected_md5_is_an_error_not_a_traceback(synthetic_data, tmp_path):
     data = copy_data(synthetic_data, tmp_path / "data")
     (data / "t10k-images-idx3-ubyte.gz").write_bytes(b"not an IDX file")
     sums = idx.verify_data(data, None)  # the sums as they are: the check passes
@@ -642,3 +640,84 @@ def test_a_garbage_file_with_the_expected_md5_is_an_error_not_a_traceback(
     result = run_train(out, cli(data, out, epochs=1) + ["--md5-file", str(data / "sums")])
     assert result.returncode == 2, result.stdout + result.stderr
     assert "t10k-images-idx3-ubyte.gz" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------- 14. one writer, nothing partial taken
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(runs, synthetic_data, tmp_path):
+    """While another process (here: this one) trains in a run folder, a second train.py
+    there stops at once, naming the holder; the lock goes with its holder."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    args = cli(synthetic_data, out)
+    with files.exclusive_lock(out / LOCK_FILE, f"run folder {out}"):
+        second = run_train(out, args)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert second.stderr.startswith(
+        f"error: run folder {out} is being written by process {os.getpid()} on "
+    )
+    assert not (out / "epochs.csv").exists()
+    run_train(out, args).check_returncode()  # the holder is gone: the run goes ahead
+    runs["ref"].ok()
+    assert metric_lines(out) == metric_lines(runs["ref"].out)
+
+
+def test_a_table_another_process_wrote_to_is_not_taken_as_finished(
+    synthetic_data, tmp_path, torch_state
+):
+    t = trainer(synthetic_data, tmp_path / "run", epochs=2)
+    path = tmp_path / "run" / "epochs.csv"
+    with runfiles.EpochTable(path, []) as table:
+        for _ in range(2):
+            assert t.run_epoch_batches(NEVER)
+            table.append(t.finish_epoch())
+        table.check(t.history)  # as written: fine
+        with open(path, "a") as intruder:
+            intruder.write(path.read_text().splitlines()[-1] + "\n")  # epoch 2 again
+        with pytest.raises(runfiles.RunFileError, match="another process wrote to it"):
+            table.check(t.history)
+
+
+def bogus_checkpoints(synthetic_data, tmp_path, real: Trainer) -> dict:
+    """Files at checkpoint.pt that load but are not a checkpoint of ``real``'s run."""
+    other = trainer(synthetic_data, tmp_path / "other", hidden_size=50)
+    wrong_shapes = {**other.state_dict(), "fingerprint": real.fingerprint}
+    past_the_end = {**real.state_dict(), "epoch": 7}
+    return {
+        "a list": ([1, 2, 3], "is not a training checkpoint of this workflow"),
+        "a tensor": (torch.zeros(3), "is not a training checkpoint of this workflow"),
+        "wrong shapes": (wrong_shapes, "does not fit this model"),
+        "an epoch past the end": (past_the_end, "has epoch 7, outside this run's 0..2"),
+    }
+
+
+def test_a_checkpoint_that_is_not_ours_is_reported_and_set_aside(
+    synthetic_data, tmp_path, capsys, torch_state
+):
+    from fmnist.trainer import resume
+
+    real = trainer(synthetic_data, tmp_path / "run")
+    for name, (state, why) in bogus_checkpoints(synthetic_data, tmp_path, real).items():
+        torch.save(state, real.checkpoint_path)
+        fresh = trainer(synthetic_data, tmp_path / "run")
+        resume(fresh)
+        assert why in capsys.readouterr().out, name
+        assert not real.checkpoint_path.exists(), name
+        assert (tmp_path / "run" / "checkpoint.pt.bad").is_file(), name
+        assert (fresh.epoch, fresh.batches_done) == (0, 0), name
+
+
+def test_a_run_next_to_a_checkpoint_that_does_not_fit_ends_as_a_fresh_run(
+    runs, synthetic_data, tmp_path, torch_state
+):
+    out = tmp_path / "run"
+    real = trainer(synthetic_data, out)
+    state, _ = bogus_checkpoints(synthetic_data, tmp_path, real)["wrong shapes"]
+    torch.save(state, real.checkpoint_path)
+    result = run_train(out, cli(synthetic_data, out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "does not fit this model" in result.stdout
+    runs["ref"].ok()
+    assert metric_lines(out) == metric_lines(runs["ref"].out)
+    assert_same_tensors(load_weights(out / "model.pt"), load_weights(runs["ref"].out / "model.pt"))

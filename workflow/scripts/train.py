@@ -23,7 +23,9 @@ from pathlib import Path
 from fmnist import settings
 from fmnist.console import log
 from fmnist.devices import DeviceError, resolve_devices
+from fmnist.files import LockedError
 from fmnist.idx import DataError, IdxFormatError, read_md5_file
+from fmnist.runfiles import RunFileError
 from fmnist.trainer import EXIT_RESUMABLE, RunSetup, configure_determinism, train
 
 
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         devices, why = resolve_devices(params["devices"])
         log(why)
         finished = train(params, setup, devices)
-    except (DeviceError, DataError, IdxFormatError) as err:
+    except (DeviceError, DataError, IdxFormatError, LockedError, RunFileError) as err:
         fail(str(err))
     return 0 if finished else EXIT_RESUMABLE
 

@@ -56,15 +56,44 @@ def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> st
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+STATE_KEYS = {
+    "fingerprint",
+    "model",
+    "optimizer",
+    "torch_rng",
+    "shuffle_rng",
+    "epoch",
+    "order",
+    "batch_losses",
+    "batches_done",
+    "epoch_seconds_so_far",
+    "history",
+    "attempts",
+}
+"""What Trainer.state_dict() holds: anything else in checkpoint.pt is not a checkpoint of ours."""
+
+
+def set_aside(path: Path, why: str) -> None:
+    """Move a checkpoint that cannot be resumed out of the way (kept for a post-mortem), so
+    that it is reported once and never blocks the fresh start of the next attempt."""
+    aside = path.with_name(path.name + ".bad")
+    path.replace(aside)
+    log(f"checkpoint {path} {why}; moved it aside to {aside} and starting from scratch")
+
+
 def load_checkpoint(path: Path, expected_fingerprint: str):
+    """The state saved at ``path`` if it is a checkpoint of these settings, else None."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged checkpoint must not block a fresh start
-        log(f"checkpoint {path} is unreadable ({err}); starting from scratch")
+        set_aside(path, f"is unreadable ({err})")
         return None
-    if state.get("fingerprint") != expected_fingerprint:
+    if not isinstance(state, dict) or set(state) != STATE_KEYS:
+        set_aside(path, "is not a training checkpoint of this workflow")
+        return None
+    if state["fingerprint"] != expected_fingerprint:
         log(f"checkpoint {path} belongs to other settings or data; starting from scratch")
         return None
     return state

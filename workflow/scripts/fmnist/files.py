@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,3 +42,33 @@ def remove_stale_temporaries(folder: Path) -> None:
     """Delete temporary files a killed writer left behind in ``folder``."""
     for stale in folder.glob(".*.tmp-*"):
         stale.unlink(missing_ok=True)
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock; the message names it."""
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block: one writer of ``what`` at a time.
+
+    The lock is the kernel's (flock), so it dies with its holder, SIGKILL included; the
+    file only says who holds it. Raises LockedError at once if another process does.
+    """
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the whole block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise LockedError(
+                f"{what} is being written by {holder} (lock {path}); wait for it to end, "
+                "or stop it, then run again"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -65,13 +65,21 @@ def format_cell(value) -> str:
 
 
 class EpochTable:
-    """epochs.csv: rewritten from the history on (re)start, then appended once per epoch."""
+    """epochs.csv: rewritten from the history on (re)start, then appended once per epoch
+    through the file this process opened (use it as a context manager to close it)."""
 
     def __init__(self, path: Path, history: list[dict]):
         self.path = path
         self.has_header = bool(history)
         text = self._header(history[0]) + "".join(map(self._line, history)) if history else ""
         atomic_write_text(path, text)
+        self.handle = open(path, "a")  # noqa: SIM115 (appended to for the whole run)
+
+    def __enter__(self) -> EpochTable:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
 
     @staticmethod
     def _header(row: dict) -> str:
@@ -82,13 +90,29 @@ class EpochTable:
         return ",".join(map(format_cell, row.values())) + "\n"
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as handle:
-            if not self.has_header:
-                self.has_header = True
-                handle.write(self._header(row))
-            handle.write(self._line(row))
-            handle.flush()
-            os.fsync(handle.fileno())
+        if not self.has_header:
+            self.has_header = True
+            self.handle.write(self._header(row))
+        self.handle.write(self._line(row))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def check(self, history: list[dict]) -> None:
+        """The file as read back holds exactly ``history``, each epoch once, under its
+        header: the last word before the run counts as finished."""
+        expected = {key: [row[key] for row in history] for key in history[0]}
+        try:
+            columns = read_epochs(self.path)
+            same = list(columns)[: len(expected)] == list(expected) and all(
+                columns[key] == values for key, values in expected.items()
+            )
+        except RunFileError as err:
+            same, columns = False, {"epoch": str(err)}
+        if not same:
+            raise RunFileError(
+                f"{self.path} does not hold this run's {len(history)} epochs exactly "
+                f"({columns['epoch']}): another process wrote to it"
+            )
 
 
 # --------------------------------------------------------------------------- reading

@@ -17,18 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from . import run_record, runfiles
-from .checkpoint import cpu_state, fingerprint, load_checkpoint, save_checkpoint
+from .checkpoint import cpu_state, fingerprint, load_checkpoint, save_checkpoint, set_aside
 from .cluster import StopWatch
 from .console import log
 from .data import BatchMaker, DeviceData, scale_pixels_
 from .devices import synchronized_elapsed
-from .files import atomic_write, remove_stale_temporaries
+from .files import atomic_write, exclusive_lock, remove_stale_temporaries
 from .idx import verify_data
 from .model import ModelParallelMLP
 from .steps import make_optimizer, make_step
 
 EVAL_CHUNK = 1000
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
+LOCK_FILE = ".train.lock"  # one training process per run folder
 
 
 @dataclass
@@ -221,18 +222,46 @@ def configure_determinism(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def resume(trainer: Trainer) -> None:
+def position_error(trainer: Trainer, state: dict) -> str | None:
+    """Why ``state`` cannot be a position of this run (None if it can)."""
+    epoch, done = state["epoch"], state["batches_done"]
+    if not (isinstance(epoch, int) and 0 <= epoch < trainer.params["epochs"]):
+        return f"has epoch {epoch!r}, outside this run's 0..{trainer.params['epochs'] - 1}"
+    if not (isinstance(done, int) and 0 <= done <= trainer.num_batches):
+        return f"has {done!r} batches done, outside 0..{trainer.num_batches}"
+    if not isinstance(state["history"], list) or len(state["history"]) != epoch:
+        return f"holds {len(state['history'])} epochs of history for epoch {epoch}"
+    order, losses = state["order"], state["batch_losses"]
+    if order is not None and tuple(getattr(order, "shape", ())) != (len(trainer.train),):
+        return "has a shuffle order of another size than the training set"
+    if tuple(getattr(losses, "shape", ())) != (trainer.num_batches,):
+        return "has batch losses for another number of batches"
+    return None
+
+
+def resume(trainer: Trainer) -> bool:
+    """Load the run's checkpoint if there is one of ours; False if one had to be set aside
+    after it was partly loaded (the trainer must then be built again)."""
     state = load_checkpoint(trainer.checkpoint_path, trainer.fingerprint)
-    if state is not None:
-        trainer.load_state_dict(state)
+    if state is None:
+        return True
+    why = position_error(trainer, state)
+    if why is None:
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            set_aside(trainer.checkpoint_path, f"does not fit this model ({err})")
+            return False
         position = f"epoch {trainer.epoch + 1}, batch {trainer.batches_done + 1}"
         log(f"resuming from {trainer.checkpoint_path}: {position}")
+        return True
+    set_aside(trainer.checkpoint_path, why)
+    return True
 
 
-def train_attempt(trainer: Trainer, stop: StopWatch, attempt: dict) -> bool:
+def train_attempt(trainer: Trainer, stop: StopWatch, attempt: dict, table) -> bool:
     """Train until the run is finished (True) or ``stop`` says so (False, checkpoint saved)."""
     epochs = trainer.params["epochs"]
-    table = runfiles.EpochTable(trainer.setup.out_dir / runfiles.EPOCHS_FILE, trainer.history)
     for row in trainer.history:
         log_epoch(row, epochs)
     while trainer.epoch < epochs:
@@ -248,6 +277,7 @@ def train_attempt(trainer: Trainer, stop: StopWatch, attempt: dict) -> bool:
         table.append(row)
         log_epoch(row, epochs)
         trainer.save_checkpoint()
+    table.check(trainer.history)
     log("Training finished.")
     attempt["finished"] = run_record.now()
     return True
@@ -257,13 +287,19 @@ def train(params: dict, setup: RunSetup, devices: list[torch.device]) -> bool:
     """One attempt at the run: True when it is finished, False when it stopped early."""
     started = run_record.now()
     setup.out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(params, setup, devices)
-    resume(trainer)
-    attempt = run_record.attempt_record(started, trainer.epoch + 1, devices)
-    trainer.attempts.append(attempt)
-    with StopWatch(setup.deadline_margin) as stop:
-        finished = train_attempt(trainer, stop, attempt)
-    if finished:
-        trainer.write_outputs()
-        trainer.checkpoint_path.unlink(missing_ok=True)
+    with exclusive_lock(setup.out_dir / LOCK_FILE, f"run folder {setup.out_dir}"):
+        trainer = Trainer(params, setup, devices)
+        if not resume(trainer):
+            trainer = Trainer(params, setup, devices)  # nothing half-loaded carries on
+        attempt = run_record.attempt_record(started, trainer.epoch + 1, devices)
+        trainer.attempts.append(attempt)
+        epochs_path = setup.out_dir / runfiles.EPOCHS_FILE
+        with (
+            StopWatch(setup.deadline_margin) as stop,
+            runfiles.EpochTable(epochs_path, trainer.history) as table,
+        ):
+            finished = train_attempt(trainer, stop, attempt, table)
+        if finished:
+            trainer.write_outputs()
+            trainer.checkpoint_path.unlink(missing_ok=True)
     return finished
