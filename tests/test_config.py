@@ -145,6 +145,35 @@ BAD_CONFIGS = {
     # Values the training script refuses (positive_float) must not get past the config.
     "lr-infinite": ({"train": {"lr": float("inf")}}, ["lr"]),
     "lr-nan": ({"train": {"lr": float("nan")}}, ["lr"]),
+    # A trailing newline passes a pattern's $ and would split the shell command.
+    "device-with-newline": (
+        {"train": {"devices": ["cpu\n", "cpu"]}},
+        ["config key train.devices: 'cpu\\n' contains a control character"],
+    ),
+    "md5-with-newline": (
+        {"data": {"md5": {"t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310\n"}}},
+        ["contains a control character"],
+    ),
+    "seed-too-large": (
+        {"train": {"seed": 10**23}},
+        ["is greater than the maximum of 18446744073709551615", "instance['train']['seed']"],
+    ),
+    "hidden-size-out-of-memory": (
+        {"train": {"hidden_size": 10**7}},
+        [
+            "run base needs at least 151,826 MB for its weights",
+            "train.hidden_size 10000000",
+            "resources.train_model_parallel.mem_mb (16000)",
+        ],
+    ),
+    "data-dir-is-a-mirror": (
+        {"data": {"dir": "/shared/fmnist", "mirrors": ["/shared/fmnist/"]}},
+        ["config key data.dir (/shared/fmnist) is also listed in data.mirrors"],
+    ),
+    "data-dir-is-a-file-url-mirror": (
+        {"data": {"dir": "/shared/fm", "mirrors": ["http://x.invalid/", "file:///shared/fm"]}},
+        ["is also listed in data.mirrors"],
+    ),
     # socket timeouts refuse NaN: the download job would crash instead of trying the mirrors.
     "timeout-nan": ({"data": {"timeout_seconds": float("nan")}}, ["timeout_seconds"]),
     "timeout-infinite": ({"data": {"timeout_seconds": float("inf")}}, ["timeout_seconds"]),

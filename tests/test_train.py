@@ -721,3 +721,22 @@ def test_a_run_next_to_a_checkpoint_that_does_not_fit_ends_as_a_fresh_run(
     runs["ref"].ok()
     assert metric_lines(out) == metric_lines(runs["ref"].out)
     assert_same_tensors(load_weights(out / "model.pt"), load_weights(runs["ref"].out / "model.pt"))
+
+
+def test_running_out_of_memory_is_a_message_with_the_memory_needed(synthetic_data, tmp_path):
+    """A model too large for the memory the process may use (here a 4 GB address-space
+    limit) ends with exit 2 and what it needs, not with an allocator traceback."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(TRAIN_SCRIPT), *cli(synthetic_data, out, hidden_size=400_000)]
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -v 4000000 && exec "$@"', "limited", *command],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: out of memory (")
+    assert "This run needs at least 6,074 MB" in result.stderr
+    assert "resources.train_model_parallel.mem_mb" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -4,6 +4,8 @@ import math
 import os
 import shlex
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -19,14 +21,18 @@ TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
 INTEGER_KEYS = settings.integer_keys()
 
 
-def check_numbers(value, key):
-    """What JSON Schema lets through: NaN and infinity, and integers written as 2.0."""
+def check_values(value, key):
+    """What JSON Schema lets through: NaN and infinity, integers written as 2.0, and
+    control characters (a pattern's $ accepts a trailing newline, which would split the
+    shell command the value goes into)."""
     if isinstance(value, dict):
         for name, item in value.items():
-            check_numbers(item, f"{key}.{name}" if key else name)
+            check_values(item, f"{key}.{name}" if key else name)
     elif isinstance(value, list):
         for item in value:
-            check_numbers(item, key)
+            check_values(item, key)
+    elif isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise WorkflowError(f"config key {key}: {value!r} contains a control character")
     elif isinstance(value, float) and not math.isfinite(value):
         raise WorkflowError(f"config key {key}: {value} is not a finite number")
     elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_KEYS:
@@ -52,8 +58,37 @@ def check_time_limit(resources):
         )
 
 
-check_numbers(config, "")
+def check_data_dir(data):
+    """data.dir is where downloading writes the files, and deletes them before it runs
+    again; a mirror there would be deleted with them, so the two must differ."""
+    here = os.path.realpath(data["dir"])
+    for mirror in data["mirrors"]:
+        parsed = urllib.parse.urlparse(mirror)
+        if parsed.scheme not in ("", "file"):
+            continue
+        folder = urllib.request.url2pathname(parsed.path) if parsed.scheme else mirror
+        if here in {
+            os.path.realpath(p) for p in (folder, f"{folder}/FashionMNIST/raw")
+        }:
+            raise WorkflowError(
+                f"config key data.dir ({data['dir']}) is also listed in data.mirrors "
+                f"({mirror}): downloading would overwrite and, on a rerun, delete the "
+                "mirror's files. Point data.dir at another folder; it is filled from the mirror."
+            )
+
+
+def check_memory(runs):
+    for name, params in runs.items():
+        try:
+            settings.check_memory(params, TRAIN_RESOURCES["mem_mb"], name)
+        except settings.SettingError as err:
+            raise WorkflowError(f"invalid config: {err}") from None
+
+
+check_values(config, "")
+check_data_dir(config["data"])
 RUNS = build_runs(config["train"], config["sweep"])
+check_memory(RUNS)
 check_time_limit(TRAIN_RESOURCES)
 
 

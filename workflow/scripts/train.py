@@ -99,7 +99,20 @@ def main(argv=None) -> int:
         finished = train(params, setup, devices)
     except (DeviceError, DataError, IdxFormatError, LockedError, RunFileError) as err:
         fail(str(err))
+    except RuntimeError as err:  # torch.OutOfMemoryError is one too
+        if not out_of_memory(err):
+            raise
+        fail(
+            f"out of memory ({str(err).splitlines()[0]}). This run needs at least "
+            f"{settings.working_memory_mb(params):,.0f} MB beyond torch and the data "
+            f"(train.hidden_size {params['hidden_size']}, train.batch_size "
+            f"{params['batch_size']}): raise resources.train_model_parallel.mem_mb or lower them"
+        )
     return 0 if finished else EXIT_RESUMABLE
+
+
+def out_of_memory(err: RuntimeError) -> bool:
+    return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
 
 
 if __name__ == "__main__":

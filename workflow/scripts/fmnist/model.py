@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INPUT_SIZE = 28 * 28
-OUTPUT_SIZE = 10
+from .idx import IMAGE_SIDE, NUM_CLASSES
+
+INPUT_SIZE = IMAGE_SIDE * IMAGE_SIDE
+OUTPUT_SIZE = NUM_CLASSES
 
 
 class ModelParallelMLP(nn.Module):

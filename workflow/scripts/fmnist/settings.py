@@ -16,6 +16,7 @@ import sys
 
 import jsonschema
 
+from .idx import IMAGE_SIDE, NUM_CLASSES
 from .schemas import load_schema
 
 CONFIG_SCHEMA = load_schema("config")
@@ -68,6 +69,28 @@ def check_run_params(params: dict) -> None:
         raise SettingError(
             f"train.microbatches ({params['microbatches']}) exceeds "
             f"train.batch_size ({params['batch_size']})"
+        )
+
+
+def working_memory_mb(params: dict) -> float:
+    """A lower bound of what training a run holds beyond the interpreter and the data:
+    parameters with their gradient and Adam's two moments (x4, float32), and one batch's
+    activations and their gradients (x4). The step's own buffers and torch itself add more."""
+    hidden, batch = params["hidden_size"], params["batch_size"]
+    weights = (IMAGE_SIDE * IMAGE_SIDE + 1) * hidden + (hidden + 1) * NUM_CLASSES
+    activations = batch * (IMAGE_SIDE * IMAGE_SIDE + 2 * hidden + 2 * NUM_CLASSES)
+    return 4 * 4 * (weights + activations) / 2**20
+
+
+def check_memory(params: dict, mem_mb: int, run: str) -> None:
+    """Refuse, before any job, a run that cannot fit in the memory its job asks for."""
+    needed = working_memory_mb(params)
+    if needed > mem_mb:
+        raise SettingError(
+            f"run {run} needs at least {needed:,.0f} MB for its weights, optimizer state and "
+            f"one batch (train.hidden_size {params['hidden_size']}, train.batch_size "
+            f"{params['batch_size']}), more than resources.train_model_parallel.mem_mb "
+            f"({mem_mb}); lower them or raise mem_mb"
         )
 
 
