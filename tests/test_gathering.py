@@ -149,3 +149,52 @@ def test_atomic_write_failure_leaves_old_file(tmp_path):
         files.atomic_write(target, fail)
     assert target.read_text() == "old\n"
     assert os.listdir(tmp_path) == ["t.csv"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            three_epochs(0.8)[:2],
+            r"holds epochs 1\.\.2 \(2 rows\), but run\.json promises epochs 1\.\.3",
+        ),
+        (
+            [*three_epochs(0.8)[:2], (3, 0.3, "", 0.8, 4.0, 1200.0)],
+            r"the final epoch's test_loss is not finite",
+        ),
+        (
+            [*three_epochs(0.8)[:2], (3, "nan", 0.4, "nan", 4.0, 1200.0)],
+            r"the final epoch's train_loss, test_accuracy is not finite",
+        ),
+    ],
+    ids=["stops-early", "empty-final-cell", "nan-final-row"],
+)
+def test_an_incomplete_run_is_an_error_naming_it(tmp_path, rows, message):
+    runs = write_three_seeds(tmp_path)
+    bad = write_run(tmp_path / "runs", "lr=0.001_seed=9", rows, seed=9)
+    with pytest.raises(RunFileError, match=rf"^run lr=0\.001_seed=9 \({bad / 'epochs.csv'}\)"):
+        gathering.gather_runs([*runs, bad], tmp_path / "out")
+    with pytest.raises(RunFileError, match=message):
+        gathering.gather_runs([*runs, bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_incomplete_leaves_runs_out_and_says_so(tmp_path, capsys):
+    runs = write_three_seeds(tmp_path)
+    bad = write_run(tmp_path / "runs", "lr=0.001_seed=9", three_epochs(0.9)[:1], seed=9)
+    tables = gathering.gather_runs([*runs, bad], tmp_path / "out", skip_incomplete=True)
+    assert list(tables.runs["run_id"]) == [f"lr=0.001_seed={s}" for s in range(3)]
+    assert list(tables.summary["n_seeds"]) == [3]
+    assert "gather: left out an incomplete run: run lr=0.001_seed=9" in capsys.readouterr().err
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "Left out: 1 incomplete run(s) (run lr=0.001_seed=9 (" in markdown
+    assert "% Left out: 1 incomplete run(s)" in (tmp_path / "out" / "summary.tex").read_text()
+
+
+def test_out_naming_a_file_is_an_error(tmp_path):
+    runs = write_three_seeds(tmp_path)
+    target = tmp_path / "tables"
+    target.write_text("not a folder")
+    with pytest.raises(RunFileError, match=rf"--out {target}: not a folder"):
+        gathering.gather_runs(runs, target)
+    assert target.read_text() == "not a folder"

@@ -62,3 +62,25 @@ def test_tables_that_do_not_fit_are_an_error_message(tmp_path):
         assert result.stderr.startswith("plot.py: error: ") and message in result.stderr
         assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_table_lacking_a_column_or_holding_a_non_number_is_an_error_message(tmp_path):
+    folder, out = tables(tmp_path), tmp_path / "figs"
+    epochs = pd.read_csv(folder / "epochs.csv")
+    cases = {
+        "no_loss.csv": (epochs.drop(columns="train_loss"), "epochs table has no column train_loss"),
+        "text.csv": (
+            epochs.astype({"test_loss": object}).assign(
+                test_loss=lambda df: df["test_loss"].where(df.index != 4, "fast")
+            ),
+            "epochs table, column test_loss, row 6: 'fast' is not a number",
+        ),
+    }
+    for name, (table, message) in cases.items():
+        table.to_csv(tmp_path / name, index=False)
+        args = ["--epochs", tmp_path / name, "--runs", folder / "runs.csv", "--out-dir", out]
+        result = run_cli(*args)
+        assert result.returncode == 1, name
+        assert result.stderr.startswith(f"plot.py: error: {tmp_path / name}, ")
+        assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

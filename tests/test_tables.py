@@ -99,7 +99,8 @@ def test_best_epoch_first_on_ties_and_optional_metadata(tmp_path):
         (3, 0.7, 0.8, 0.85, 1.0, 10.0),
         (4, 0.6, 0.7, 0.90, 1.0, 10.0),
     ]
-    r = build([write_run(tmp_path, "tie", rows, slurm=None, git_commit=None)]).runs.iloc[0]
+    tie = write_run(tmp_path, "tie", rows, slurm=None, git_commit=None, epochs=4)
+    r = build([tie]).runs.iloc[0]
     assert r["best_epoch"] == 2
     assert r["best_test_accuracy"] == pytest.approx(0.90)
     assert r["final_test_accuracy"] == pytest.approx(0.90)
@@ -118,7 +119,7 @@ def test_epochs_table_and_list_params(tmp_path):
         devices=["cuda:0", "cuda:1"],
         stages=("cuda:0", "cuda:1"),
     )
-    b = write_run(tmp_path / "runs", "b", three_epochs(0.9)[:2], lr=0.01)
+    b = write_run(tmp_path / "runs", "b", three_epochs(0.9)[:2], lr=0.01, epochs=2)
     result = gather_runs([a, b], tmp_path / "out")
     epochs, runs, summary = result.epochs, result.runs, result.summary
 
@@ -137,11 +138,11 @@ def test_epochs_table_and_list_params(tmp_path):
     assert list(epochs["lr"]) == [0.001] * 3 + [0.01] * 2
     assert runs["stage_devices"][0] == "cuda:0,cuda:1"
     assert runs["best_epoch"][1] == 2
-    # Two configurations (different devices and lr), one seed each; labels name both.
+    # Two configurations (devices, epochs and lr differ), one seed each; labels name them.
     assert list(summary["n_seeds"]) == [1, 1]
     assert list(summary["configuration"]) == [
-        "devices=cuda:0+cuda:1, lr=0.001",
-        "devices=auto, lr=0.01",
+        "devices=cuda:0+cuda:1, epochs=3, lr=0.001",
+        "devices=auto, epochs=2, lr=0.01",
     ]
     assert summary["final_test_accuracy_std"].isna().all()
     assert summary["final_test_accuracy_ci95_low"].isna().all()

@@ -35,6 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="skip malformed epoch lines in tutorial logs (reported on stderr) instead of failing",
     )
+    parser.add_argument(
+        "--skip-incomplete",
+        action="store_true",
+        help="leave out run folders that do not hold their finished run (said on stderr and "
+        "under the summary tables) instead of failing",
+    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder or tutorial log file")
     return parser.parse_args(argv)
 
@@ -42,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        gather_runs(args.paths, args.out, skip_bad_lines=args.skip_bad_lines)
+        gather_runs(args.paths, args.out, args.skip_bad_lines, args.skip_incomplete)
     except RunFileError as err:
         print(f"gather.py: error: {err}", file=sys.stderr)
         return 1

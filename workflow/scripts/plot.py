@@ -36,7 +36,8 @@ def main(argv=None) -> int:
         plot_all(epochs_df, runs_df, args.out_dir)
     except (OSError, ValueError) as err:
         # A missing or unreadable table, or tables that do not fit together.
-        print(f"plot.py: error: {err}", file=sys.stderr)
+        where = f"{args.epochs}, {args.runs}: " if "table" in str(err) else ""
+        print(f"plot.py: error: {where}{err}", file=sys.stderr)
         return 1
     return 0
 

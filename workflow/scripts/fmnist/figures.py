@@ -276,6 +276,33 @@ def plot_throughput(runs_df, config, labels, out_dir: Path) -> list[Path]:
     return save_figure(fig, out_dir, "throughput")
 
 
+# The columns the figures read: (required, numbers where present and not empty).
+COLUMNS = {
+    "epochs table": (
+        ["epoch", "train_loss"],
+        ["epoch", "train_loss", "test_loss", "test_accuracy"],
+    ),
+    "runs table": ([], ["mean_samples_per_second"]),
+}
+
+
+def check_numbers(df: pd.DataFrame, name: str) -> None:
+    """ValueError naming the table and column a figure needs, or the column and row of a
+    cell that is not a number."""
+    required, numeric = COLUMNS[name]
+    for column in required:
+        if column not in df.columns:
+            raise ValueError(f"{name} has no column {column} (write it with gather.py)")
+    for column in (c for c in numeric if c in df.columns):
+        values = df[column]
+        bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(
+                f"{name}, column {column}, row {row + 2}: {values.iloc[row]!r} is not a number"
+            )
+
+
 def plot_all(epochs_df: pd.DataFrame, runs_df: pd.DataFrame, out_dir) -> list[Path]:
     """Write the loss, accuracy and throughput figures (PNG + PDF) into ``out_dir``.
 
@@ -284,9 +311,10 @@ def plot_all(epochs_df: pd.DataFrame, runs_df: pd.DataFrame, out_dir) -> list[Pa
     """
     out_dir = Path(out_dir)
     config, labels = configurations(runs_df)
-    missing = [c for c in ("run_id", "epoch") if c not in epochs_df.columns]
-    if missing:
-        raise ValueError(f"epochs table has no column {', '.join(missing)}")
+    if "run_id" not in epochs_df.columns:
+        raise ValueError("epochs table has no column run_id (write it with gather.py)")
+    check_numbers(epochs_df, "epochs table")
+    check_numbers(runs_df, "runs table")
     config_by_run = pd.Series(config.to_numpy(), index=runs_df["run_id"].astype(str))
     epochs_df = epochs_df.assign(run_id=epochs_df["run_id"].astype(str))
     unknown = set(epochs_df["run_id"]) - set(config_by_run.index)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import paper
 from .files import atomic_write_text
-from .runfiles import Run, RunFileError, read_run_dir
+from .runfiles import IncompleteRunError, Run, RunFileError, read_run_dir
 from .tables import Tables, build_tables
 from .tutorial_log import read_tutorial_log
 
@@ -38,11 +38,21 @@ def load_run(path: str | os.PathLike, skip_bad_lines: bool = False) -> Run:
     raise RunFileError(f"{path}: no such run folder or log file")
 
 
-def load_runs(paths, skip_bad_lines: bool = False) -> list[Run]:
-    """Read every path, in order; run ids must be unique (they key every table)."""
+def load_runs(paths, skip_bad_lines: bool = False, skipped: list | None = None) -> list[Run]:
+    """Read every path, in order; run ids must be unique (they key every table).
+
+    An incomplete run folder is an error, unless ``skipped`` is a list: then it is left out
+    and its error appended there.
+    """
     runs, seen = [], {}
     for path in paths:
-        run = load_run(path, skip_bad_lines)
+        try:
+            run = load_run(path, skip_bad_lines)
+        except IncompleteRunError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            continue
         if run.run_id in seen:
             raise RunFileError(
                 f"{run.source}: duplicate run id {run.run_id!r} (also {seen[run.run_id]})"
@@ -70,37 +80,55 @@ def report_skipped(runs: list[Run], skip_bad_lines: bool) -> None:
         print(f"gather: skipped {total} malformed line(s) in total", file=sys.stderr)
 
 
-def render(tables: Tables) -> dict[str, str]:
+def skipped_note(skipped: list[str]) -> str:
+    """What the tables leave out, said where a reader of the summary sees it."""
+    if not skipped:
+        return ""
+    return f"Left out: {len(skipped)} incomplete run(s) ({'; '.join(skipped)}).\n"
+
+
+def render(tables: Tables, skipped: list[str] = ()) -> dict[str, str]:
     """The text of each output file, by name (in the order of :data:`OUTPUT_FILES`)."""
+    note = skipped_note(list(skipped))
     return {
         "epochs.csv": tables.epochs.to_csv(index=False),
         "runs.csv": tables.runs.to_csv(index=False),
         "summary.csv": tables.summary.to_csv(index=False),
-        "summary.md": paper.summary_markdown(tables.summary, tables.config_columns),
-        "summary.tex": paper.summary_latex(tables.summary, tables.config_columns),
+        "summary.md": paper.summary_markdown(tables.summary, tables.config_columns)
+        + (f"\n{note}" if note else ""),
+        "summary.tex": paper.summary_latex(tables.summary, tables.config_columns)
+        + (f"% {paper.latex_escape(note)}" if note else ""),
         "provenance.csv": tables.provenance.to_csv(index=False),
     }
 
 
-def write_tables(out_dir: str | os.PathLike, tables: Tables) -> list[Path]:
+def write_tables(out_dir: str | os.PathLike, tables: Tables, skipped=()) -> list[Path]:
     """Format every file first, then write each one atomically into ``out_dir``."""
-    texts = render(tables)
+    texts = render(tables, skipped)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFileError(f"--out {out_dir}: not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
         atomic_write_text(out_dir / name, text)
     return [out_dir / name for name in texts]
 
 
-def gather_runs(paths, out_dir, skip_bad_lines: bool = False) -> Tables:
+def gather_runs(
+    paths, out_dir, skip_bad_lines: bool = False, skip_incomplete: bool = False
+) -> Tables:
     """Read ``paths``, write the tables into ``out_dir`` (unless it is None), return them.
 
     Raises :class:`runfiles.RunFileError`, naming the file at fault, before anything is
-    written.
+    written. With ``skip_incomplete``, incomplete runs are left out, and said so on stderr
+    and under the summary tables.
     """
-    runs = load_runs(paths, skip_bad_lines)
+    skipped = [] if skip_incomplete else None
+    runs = load_runs(paths, skip_bad_lines, skipped)
     report_skipped(runs, skip_bad_lines)
+    for why in skipped or []:
+        print(f"gather: left out an incomplete run: {why}", file=sys.stderr)
     tables = build_tables(runs)
     if out_dir is not None:
-        write_tables(out_dir, tables)
+        write_tables(out_dir, tables, skipped or [])
     return tables

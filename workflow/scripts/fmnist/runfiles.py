@@ -207,12 +207,37 @@ def read_record(path: Path) -> dict:
     return record
 
 
+class IncompleteRunError(RunFileError):
+    """A run folder whose files are well-formed but do not hold the finished run."""
+
+
+FINAL_METRICS = ["train_loss", "test_loss", "test_accuracy"]
+
+
+def check_complete(run: Run) -> None:
+    """Every epoch run.json promises, once and in order, and a finite final row."""
+    promised = list(range(1, run.params["epochs"] + 1))
+    epochs = run.epochs["epoch"]
+    where = f"run {run.run_id} ({run.source / EPOCHS_FILE})"
+    if epochs != promised:
+        raise IncompleteRunError(
+            f"{where} holds epochs {epochs[0]}..{epochs[-1]} ({len(epochs)} rows), but "
+            f"run.json promises epochs 1..{promised[-1]}"
+        )
+    bad = [m for m in FINAL_METRICS if not math.isfinite(run.epochs[m][-1])]
+    if bad:
+        raise IncompleteRunError(f"{where}: the final epoch's {', '.join(bad)} is not finite")
+
+
 def read_run_dir(folder: str | os.PathLike) -> Run:
-    """Read and check a run folder holding epochs.csv and run.json."""
+    """Read and check a run folder holding epochs.csv and run.json; IncompleteRunError if
+    it does not hold a finished run."""
     folder = Path(folder)
     for name in (EPOCHS_FILE, RECORD_FILE):
         if not (folder / name).is_file():
             raise RunFileError(f"{folder / name}: missing (run folder {folder} is incomplete)")
     record = read_record(folder / RECORD_FILE)
     epochs = read_epochs(folder / EPOCHS_FILE)
-    return Run(record["run_id"], folder, record["params"], epochs, record)
+    run = Run(record["run_id"], folder, record["params"], epochs, record)
+    check_complete(run)
+    return run
