@@ -1,12 +1,15 @@
-"""Tests of fmnist/cluster.py: stopping at signals and at the SLURM deadline."""
+"""Tests of fmnist/cluster.py and requeue.py: stopping at signals and at the SLURM deadline,
+and a job requeueing itself (with stand-ins for squeue and scontrol; the real ones in
+test_slurm.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import pytest
-from fmnist import cluster
+from fmnist import cluster, requeue
 
 
 def test_stopwatch_signals(monkeypatch, capsys, torch_state):
@@ -83,3 +86,60 @@ def test_slurm_job_is_read_from_the_environment(monkeypatch):
         "account": None,
         "gpus": "2",
     }
+
+
+def fake_slurm(tmp_path, monkeypatch, state: str, requeue_status: int = 0):
+    """squeue and scontrol stand-ins on PATH that log their arguments."""
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\necho squeue "$@" >> {calls}\necho {state}\n')
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\necho scontrol "$@" >> {calls}\n'
+        f'[ "$1" = requeue ] && exit {requeue_status}\nexit 0\n'
+    )
+    for tool in ("squeue", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    return calls
+
+
+def test_a_running_job_requeues_itself_without_the_begin_time_delay(tmp_path, monkeypatch):
+    calls = fake_slurm(tmp_path, monkeypatch, "RUNNING")
+    assert requeue.requeue_self("stopped before its time limit")
+    assert calls.read_text().splitlines() == [
+        "squeue -h -j 42 -o %T",
+        "scontrol requeue 42",
+        "scontrol update JobId=42 StartTime=now",
+    ]
+
+
+def test_a_job_slurm_is_ending_is_not_requeued(tmp_path, monkeypatch, capsys):
+    calls = fake_slurm(tmp_path, monkeypatch, "CANCELLED")  # scancel: the user's word holds
+    assert not requeue.requeue_self("received SIGTERM")
+    assert calls.read_text().splitlines() == ["squeue -h -j 42 -o %T"]
+    assert "not requeueing SLURM job 42: it is CANCELLED" in capsys.readouterr().out
+
+
+def test_a_job_that_refuses_requeue_is_made_requeueable_once(tmp_path, monkeypatch, capsys):
+    calls = fake_slurm(tmp_path, monkeypatch, "RUNNING", requeue_status=1)
+    assert not requeue.requeue_self("stopped before its time limit")
+    assert calls.read_text().splitlines()[1:] == [
+        "scontrol requeue 42",
+        "scontrol update JobId=42 Requeue=1",
+        "scontrol requeue 42",
+    ]
+    assert "could not requeue SLURM job 42" in capsys.readouterr().out
+
+
+def test_outside_slurm_nothing_is_requeued(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not requeue.requeue_self("anything")
+
+
+def test_the_failure_budget_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    assert [requeue.take_failure_requeue(run, 2) for _ in range(3)] == [True, True, False]
+    assert (run / requeue.FAILURE_COUNT_FILE).read_text() == "2\n"
+    assert not requeue.take_failure_requeue(tmp_path / "other", 0)

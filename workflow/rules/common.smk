@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
 sys.path.insert(0, str(SCRIPTS_DIR))
 from fmnist import idx, settings  # no torch: planning stays fast
+from fmnist.slurm_plugin import normalise_job_states
 from fmnist.sweep import build_runs as sweep_runs
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
@@ -85,6 +86,8 @@ def check_memory(runs):
             raise WorkflowError(f"invalid config: {err}") from None
 
 
+# A cancelled job ("CANCELLED by <uid>" in sacct) must end the wait (fmnist/slurm_plugin.py).
+normalise_job_states()
 check_values(config, "")
 check_data_dir(config["data"])
 RUNS = build_runs(config["train"], config["sweep"])
@@ -151,8 +154,9 @@ def train_scheduler_resources():
         "cpus_per_task": TRAIN_RESOURCES["cpus_per_task"],
         "mem_mb": TRAIN_RESOURCES["mem_mb"],
         "runtime": TRAIN_RESOURCES["runtime"],
-        # Read by the script, not by SLURM; a resource, so changing it reruns nothing.
+        # Read by the script, not by SLURM; resources, so changing them reruns nothing.
         "signal_seconds": TRAIN_RESOURCES["signal_seconds"],
+        "failure_retries": TRAIN_RESOURCES["failure_retries"],
         # SIGURG is ignored by every process but the training script, which checkpoints.
         "slurm_extra": f"--signal=URG@{TRAIN_RESOURCES['signal_seconds']}",
         **extra,

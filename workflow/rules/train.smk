@@ -23,5 +23,7 @@ rule train_model_parallel:
         options=train_arguments,
     shell:
         "python {params.script:q} --data-dir {params.data_dir:q} --md5-file {input.manifest:q}"
-        " --out-dir {params.out_dir:q} {params.options} --threads {threads} --deadline-margin {resources.signal_seconds}"
+        " --out-dir {params.out_dir:q} {params.options} --threads {threads}"
+        " --deadline-margin {resources.signal_seconds}"
+        " --failure-requeues {resources.failure_retries}"
         " > {log} 2>&1"

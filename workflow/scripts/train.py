@@ -9,8 +9,10 @@ epoch and whenever the run is told to stop (SIGTERM/SIGINT/SIGURG, or the SLURM
 deadline drawing near); a restarted run resumes from it and ends with exactly the
 metrics of an uninterrupted run.
 
-Exit codes: 0 done; 2 bad arguments or devices; 75 stopped early with a
-checkpoint saved (run again to resume); 1 anything else, e.g. a non-finite loss.
+Exit codes: 0 done (or, under SLURM, stopped early and the job requeued to go on);
+2 a failure running again cannot fix (arguments, devices, data, memory, a busy run
+folder); 75 stopped early with a checkpoint saved (run again to resume); 1 anything
+else, e.g. a non-finite loss.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from fmnist import settings
@@ -25,8 +28,15 @@ from fmnist.console import log
 from fmnist.devices import DeviceError, resolve_devices
 from fmnist.files import LockedError
 from fmnist.idx import DataError, IdxFormatError, read_md5_file
+from fmnist.requeue import FAILURE_COUNT_FILE, requeue_self, take_failure_requeue
 from fmnist.runfiles import RunFileError
-from fmnist.trainer import EXIT_RESUMABLE, RunSetup, configure_determinism, train
+from fmnist.trainer import (
+    EXIT_RESUMABLE,
+    NonFiniteLossError,
+    RunSetup,
+    configure_determinism,
+    train,
+)
 
 
 def available_cpus() -> int:
@@ -59,6 +69,13 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         default=90.0,
         help="under SLURM, checkpoint and leave this many seconds before the time limit",
     )
+    parser.add_argument(
+        "--failure-requeues",
+        type=int,
+        default=0,
+        help="under SLURM, requeue the job after this many unexpected failures of the run at "
+        "most (a time-limit stop never counts)",
+    )
     parser.add_argument("--run-id", help="name recorded in run.json (default: out-dir's name)")
     parser.add_argument("--swept", nargs="*", default=[], help="parameters a sweep varies")
     args = parser.parse_args(argv)
@@ -80,6 +97,7 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         args.run_id,
         args.swept,
         expected_md5=expected,
+        failure_requeues=args.failure_requeues,
     )
     return params, setup
 
@@ -90,6 +108,10 @@ def fail(message: str):
     raise SystemExit(2)
 
 
+PERMANENT = (DeviceError, DataError, IdxFormatError, LockedError, RunFileError)
+"""Failures that running again cannot fix: exit 2 with the message, never requeued."""
+
+
 def main(argv=None) -> int:
     params, setup = parse_args(argv)
     configure_determinism(setup.threads)
@@ -97,22 +119,43 @@ def main(argv=None) -> int:
         devices, why = resolve_devices(params["devices"])
         log(why)
         finished = train(params, setup, devices)
-    except (DeviceError, DataError, IdxFormatError, LockedError, RunFileError) as err:
+    except PERMANENT as err:
         fail(str(err))
+    except NonFiniteLossError:
+        raise  # the same settings diverge again: exit 1, never requeued
     except RuntimeError as err:  # torch.OutOfMemoryError is one too
-        if not out_of_memory(err):
-            raise
-        fail(
-            f"out of memory ({str(err).splitlines()[0]}). This run needs at least "
-            f"{settings.working_memory_mb(params):,.0f} MB beyond torch and the data "
-            f"(train.hidden_size {params['hidden_size']}, train.batch_size "
-            f"{params['batch_size']}): raise resources.train_model_parallel.mem_mb or lower them"
-        )
-    return 0 if finished else EXIT_RESUMABLE
+        if out_of_memory(err):
+            fail(out_of_memory_message(err, params))
+        return requeue_or_raise(setup, err)
+    except Exception as err:
+        return requeue_or_raise(setup, err)
+    if finished:
+        (setup.out_dir / FAILURE_COUNT_FILE).unlink(missing_ok=True)
+        return 0
+    return 0 if requeue_self("stopped before its time limit") else EXIT_RESUMABLE
+
+
+def requeue_or_raise(setup: RunSetup, err: Exception) -> int:
+    """An unexpected failure may be transient (a node, a file system): under SLURM, requeue
+    the job while the run's failure budget lasts (--failure-requeues), else fail (exit 1)."""
+    if take_failure_requeue(setup.out_dir, setup.failure_requeues):
+        traceback.print_exc()
+        if requeue_self(f"failed with {type(err).__name__}"):
+            return 0
+    raise err
 
 
 def out_of_memory(err: RuntimeError) -> bool:
     return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
+
+
+def out_of_memory_message(err: RuntimeError, params: dict) -> str:
+    return (
+        f"out of memory ({str(err).splitlines()[0]}). This run needs at least "
+        f"{settings.working_memory_mb(params):,.0f} MB beyond torch and the data "
+        f"(train.hidden_size {params['hidden_size']}, train.batch_size "
+        f"{params['batch_size']}): raise resources.train_model_parallel.mem_mb or lower them"
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ class RunSetup:
     run_id: str | None = None
     swept: tuple[str, ...] = ()
     expected_md5: dict | None = None  # the four files' sums, checked before training
+    failure_requeues: int = 0  # under SLURM: unexpected failures requeued at most
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss diverged: the same settings diverge again, so this is never retried."""
 
 
 class Trainer:
@@ -133,7 +138,7 @@ class Trainer:
         finite = torch.isfinite(self.batch_losses)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
-            raise RuntimeError(
+            raise NonFiniteLossError(
                 f"non-finite training loss ({self.batch_losses[bad].item()}) at epoch "
                 f"{self.epoch + 1}, batch {bad + 1} of {self.num_batches}; "
                 "try a smaller train.lr or check the data"
