@@ -55,7 +55,13 @@ def start_slurm_cluster() -> str:
     )
     conf = start.stdout.strip().splitlines()[-1]
     assert os.path.isabs(conf) and os.path.isfile(conf), start.stdout
+    assert (cluster_bin(conf) / "srun").is_file(), start.stdout
     return conf
+
+
+def cluster_bin(conf: str) -> Path:
+    """The cluster's client wrappers (srun, squeue, ...: SLURM_CONF defaults to ``conf``)."""
+    return Path(conf).parent.parent / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +70,13 @@ def slurm_cluster():
 
     Every snakemake run, its sbatch/srun/sacct calls and the jobs themselves (sbatch
     exports the environment) inherit it, so none can reach another SLURM on this machine.
+    Inside a job the Snakemake jobstep plugin drops SLURM_* variables (SLURM_CONF too)
+    before it runs srun: the cluster's client wrappers, first on PATH, put it back.
     """
     conf = start_slurm_cluster()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_CONF", conf)
+        patch.setenv("PATH", f"{cluster_bin(conf)}{os.pathsep}{os.environ['PATH']}")
         yield conf
 
 

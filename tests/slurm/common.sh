@@ -34,6 +34,10 @@ DEV_DIR="$STATE_DIR/dev"          # fake GPU device nodes
 CTLD_STATE="$STATE_DIR/slurmctld" # StateSaveLocation
 SLURMD_SPOOL="$STATE_DIR/slurmd"  # SlurmdSpoolDir
 
+BIN_DIR="$STATE_DIR/bin"          # client wrappers (see render_wrapper)
+# The SLURM clients that get a wrapper in $BIN_DIR.
+CLIENTS=(srun sbatch salloc squeue scontrol sacct sinfo scancel sacctmgr sstat)
+
 SLURM_CONF_FILE="$CONF_DIR/slurm.conf"
 # Every SLURM client and daemon started from these scripts reads this config
 # (slurmdbd finds slurmdbd.conf next to it), never /etc/slurm. Settings a
