@@ -79,12 +79,16 @@ def test_slurm_job_is_read_from_the_environment(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ACCOUNT", raising=False)
     monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
     monkeypatch.setenv("SLURM_GPUS", "2")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     assert cluster.slurm_job() == {
         "job_id": "42",
         "partition": "gpu",
         "node": "node7",
         "account": None,
         "gpus": "2",
+        "array_job_id": None,
+        "array_task_id": None,
     }
 
 

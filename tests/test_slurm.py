@@ -10,8 +10,11 @@ import csv
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from conftest import copy_workflow, metric_columns, workflow_env
 from fmnist.synthetic import write_synthetic
 
 pytestmark = pytest.mark.slurm
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
 
 SLURM_FLAGS = [
     "--profile",
@@ -130,6 +134,40 @@ def sacct(job_id: str, fields: str) -> list[str]:
     return out.strip().split("|")
 
 
+def sacct_history(job_id: str) -> list[str]:
+    """The job's state in each of its runs (sacct -D: a requeued job's earlier runs too)."""
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-D", "-j", job_id, "-o", "State"],
+        env=slurm_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture
+def fast_requeue(slurm_cluster):
+    """Start requeued jobs at once, as an admin can, instead of after SLURM's ~2 minutes of
+    BeginTime: the behaviour under test is the same, the suite just waits less."""
+    stop = threading.Event()
+
+    def release():
+        while not stop.wait(1.0):
+            pending = subprocess.run(
+                ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True
+            ).stdout.split("\n")
+            for job, _, reason in (line.partition(" ") for line in pending if line):
+                if reason == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
 def job_ids(run_json: Path) -> list[str]:
     record = json.loads(run_json.read_text())
     return [a["slurm"]["job_id"] for a in record["attempts"]]
@@ -184,8 +222,10 @@ def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
     assert sorted(r["run_id"] for r in runs) == ["seed=0", "seed=1"]
 
 
-def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, tmp_path):
-    """runtime: 2 leaves 30 s of work per job: the run needs several jobs to finish."""
+def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
+    slurm_cluster, fast_requeue, tmp_path
+):
+    """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job."""
     workdir = copy_workflow(tmp_path / "wf")
     # About 4 s an epoch on one core here: 16 epochs need three or more 30-s job windows,
     # and still two on a core twice as fast.
@@ -211,13 +251,14 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, 
     run_dir = workdir / "results/runs/base"
     record = json.loads((run_dir / "run.json").read_text())
     attempts = record["attempts"]
-    assert len(attempts) >= 2, attempts
+    # More windows than the profile's retries (0) allow: time-limit stops spend none.
+    assert len(attempts) >= 3, attempts
     assert all(a["stopped"] == "the SLURM time limit is near" for a in attempts[:-1]), attempts
-    # Every job but the last ended as FAILED (exit 75) before SLURM's limit: no TIMEOUT.
-    states = [sacct(a["slurm"]["job_id"], "State")[0] for a in attempts]
-    assert states[-1] == "COMPLETED" and "TIMEOUT" not in states, states
-    assert len({a["slurm"]["job_id"] for a in attempts}) == len(attempts)
-
+    # One job, requeued by itself before each limit: the same id throughout, no TIMEOUT.
+    (job,) = {a["slurm"]["job_id"] for a in attempts}
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+    states = sacct_history(job)
+    assert states == ["REQUEUED"] * (len(attempts) - 1) + ["COMPLETED"], states
     log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
     # Each attempt rewrites the log; the last one resumed from the previous one's checkpoint.
     assert "resuming from results/runs/base/checkpoint.pt" in log
@@ -230,7 +271,7 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(slurm_cluster, 
     assert metric_columns(run_dir / "epochs.csv") == expected
 
 
-def start_reference(data_dir: Path, out_dir: Path, train: dict) -> subprocess.Popen:
+def start_reference(data_dir: Path, out_dir: Path, train: dict, *more: str) -> subprocess.Popen:
     """The same run without interruption, straight from the training script."""
     command = [
         sys.executable,
@@ -247,6 +288,7 @@ def start_reference(data_dir: Path, out_dir: Path, train: dict) -> subprocess.Po
         str(train["hidden_size"]),
         "--threads",
         "1",
+        *more,
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -255,15 +297,139 @@ def test_failing_job_is_reported_with_its_log(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     # The test cluster's GPUs are stand-ins: asking for CUDA devices fails inside the job.
     overlay = write_overlay(workdir / "overlay.yaml", train={"devices": ["cuda:0", "cuda:1"]})
-    result = run_snakemake(workdir, "--configfile", str(overlay), "--retries", "0")
+    result = run_snakemake(workdir, "--configfile", str(overlay))
     assert result.returncode != 0
     output = result.stdout + result.stderr
+    # A failure running again cannot fix: submitted once, never requeued, reported with its log.
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+    (job,) = SUBMITTED.findall(result.stderr)
+    assert sacct_history(job) == ["FAILED"]
     assert "Error in rule train_model_parallel" in output
     assert "results/logs/train_model_parallel/base.log" in output
     assert "SLURM status is: 'FAILED'" in output
     log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
     assert "train.devices requests ['cuda:0', 'cuda:1']" in log
     assert not (workdir / "results/runs/base/run.json").exists()
+
+
+def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
+    """snakemake in the background, its output going to workdir/snakemake.out."""
+    return subprocess.Popen(
+        ["timeout", "-k", "10", "600", "snakemake", *SLURM_FLAGS, *args],
+        cwd=workdir,
+        env=slurm_env(),
+        stdout=(workdir / "snakemake.out").open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finished_output(workflow: subprocess.Popen, workdir: Path, timeout: float) -> str:
+    workflow.wait(timeout=timeout)
+    return (workdir / "snakemake.out").read_text()
+
+
+def wait_for(condition, what: str, seconds: float = 180):
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def training_job(workdir: Path) -> str | None:
+    """The SLURM job id of the workflow's training job, once sbatch has accepted it."""
+    found = SUBMITTED.findall((workdir / "snakemake.out").read_text())
+    return found[0] if found else None
+
+
+LONG_RUN = {"train": {"epochs": 200, "batch_size": 10, "devices": ["cpu", "cpu"]}}
+
+
+@pytest.mark.parametrize("when", ["running", "pending"])
+def test_scancel_ends_the_workflow_naming_the_job_and_its_log(slurm_cluster, tmp_path, when):
+    """The executor plugin (2.8.0) reads sacct's "CANCELLED by <uid>" as still running and
+    waits forever; the workflow's workaround (fmnist/slurm_plugin.py) ends the wait."""
+    workdir = copy_workflow(tmp_path / "wf")
+    overlay = write_overlay(workdir / "overlay.yaml", **LONG_RUN)
+    blocker = None
+    if when == "pending":  # both GPUs taken: the training job waits in the queue
+        blocker = subprocess.run(
+            ["sbatch", "--parsable", "-p", "debug", "-A", "root", "--gpus=2", "-t", "5",
+             "--wrap", "sleep 300"],
+            capture_output=True, text=True, env=slurm_env(), check=True,
+        ).stdout.strip()  # fmt: skip
+    try:
+        workflow = start_snakemake(workdir, "--configfile", str(overlay))
+        job = wait_for(lambda: training_job(workdir), "the training job's submission")
+        state = "RUNNING" if when == "running" else "PENDING"
+        wait_for(lambda: sacct(job, "State")[0] == state, f"job {job} to be {state}")
+        cancelled = time.monotonic()
+        subprocess.run(["scancel", job], env=slurm_env(), check=True)
+        output = finished_output(workflow, workdir, timeout=120)
+        seconds = time.monotonic() - cancelled
+    finally:
+        if blocker:
+            subprocess.run(["scancel", blocker], env=slurm_env())
+    assert workflow.returncode not in (0, 124, 137), output
+    assert seconds < 60, f"{seconds:.0f} s after scancel"
+    assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in output
+    assert "results/logs/train_model_parallel/base.log" in output
+    assert not (workdir / "results/runs/base/run.json").exists()
+
+
+def test_preemption_by_requeue_mid_epoch_ends_with_the_uninterrupted_metrics(
+    slurm_cluster, fast_requeue, tmp_path
+):
+    """scontrol requeue of the running job (what preemption with PreemptMode=REQUEUE does):
+    the script checkpoints on SIGTERM, SLURM starts the job again, and it resumes."""
+    workdir = copy_workflow(tmp_path / "wf")
+    synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
+    train = {"epochs": 6, "batch_size": 50, "hidden_size": 200, "devices": ["cpu", "cpu"]}
+    data = {"dir": "resources/synthetic", "synthetic": synthetic}
+    overlay = write_overlay(workdir / "overlay.yaml", data=data, train=train)
+    write_synthetic(tmp_path / "reference_data", **synthetic)
+    reference = start_reference(
+        tmp_path / "reference_data", tmp_path / "reference", train, "--batch-size", "50"
+    )
+    workflow = start_snakemake(workdir, "--configfile", str(overlay))
+    epochs_csv = workdir / "results/runs/base/epochs.csv"
+    job = wait_for(lambda: training_job(workdir), "the training job's submission")
+    wait_for(lambda: epochs_csv.exists() and epochs_csv.read_text().count("\n") >= 2, "epoch 1")
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env(), check=True)
+    output = finished_output(workflow, workdir, timeout=600)
+    reference_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, reference_out
+    assert workflow.returncode == 0, output
+    attempts = json.loads((workdir / "results/runs/base/run.json").read_text())["attempts"]
+    assert [a["stopped"] for a in attempts[:-1]] == ["received SIGTERM"]
+    assert {a["slurm"]["job_id"] for a in attempts} == {job}
+    assert sacct_history(job) == ["REQUEUED", "COMPLETED"]
+    assert metric_columns(epochs_csv) == metric_columns(tmp_path / "reference/epochs.csv")
+
+
+def test_a_sweep_as_a_job_array(slurm_cluster, tmp_path):
+    """--slurm-array-jobs=train_model_parallel submits the sweep's ready runs as one array."""
+    workdir = copy_workflow(tmp_path / "wf")
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        sweep={"seed": [0, 1, 2], "lr": [0.01, 0.003]},
+        resources={"train_model_parallel": {"gpu": 0}},
+    )
+    arrays = "--slurm-array-jobs=train_model_parallel"
+    result = run_snakemake(workdir, "--configfile", str(overlay), arrays, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    slurm = [
+        json.loads(run_json.read_text())["attempts"][-1]["slurm"]
+        for run_json in sorted(workdir.glob("results/runs/*/run.json"))
+    ]
+    assert len(slurm) == 6
+    (array,) = {s["array_job_id"] for s in slurm}
+    assert sorted(int(s["array_task_id"]) for s in slurm) == [1, 2, 3, 4, 5, 6]
+    for s in slurm:
+        assert sacct(f"{array}_{s['array_task_id']}", "State") == ["COMPLETED"]
+    runs = list(csv.DictReader((workdir / "results/tables/runs.csv").open()))
+    assert len(runs) == 6
 
 
 def test_profile_names_no_machine_specific_values():

@@ -100,4 +100,7 @@ def slurm_job() -> dict | None:
         "node": os.environ.get("SLURMD_NODENAME"),
         "account": os.environ.get("SLURM_JOB_ACCOUNT"),
         "gpus": os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_GPUS"),
+        # A sweep submitted as a job array: its array job and this run's task in it.
+        "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
     }
