@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,6 +58,25 @@ def copy_workflow(dest: Path) -> Path:
             REPO_ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__")
         )
     return dest
+
+
+def snakemake_command(*args: str, limit: int = 600) -> list[str]:
+    """snakemake bounded by `timeout -k`: a hung status poll must not hang the suite."""
+    return ["timeout", "-k", "10", str(limit), "snakemake", *args]
+
+
+def run_snakemake(
+    workdir: Path, *args: str, limit: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """snakemake in ``workdir`` (a copy of the workflow), its output captured."""
+    return subprocess.run(
+        snakemake_command(*args, limit=limit),
+        cwd=workdir,
+        env=workflow_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=limit + 30,
+    )
 
 
 def workflow_env(**extra: str) -> dict:

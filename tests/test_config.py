@@ -13,26 +13,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, copy_workflow, workflow_env
+from conftest import REPO_ROOT, copy_workflow, run_snakemake, workflow_env
 
 REPO = REPO_ROOT
 
 
 def snakemake(workdir: Path, *args: str, overlay: dict | None = None) -> tuple[int, str]:
     """Run snakemake in `workdir`; return (exit status, stdout + stderr)."""
-    command = ["snakemake", *args]
     if overlay is not None:
         path = workdir / "overlay.yaml"
         path.write_text(yaml.safe_dump(overlay, sort_keys=False))
-        command += ["--configfile", str(path)]
-    result = subprocess.run(
-        command,
-        cwd=workdir,
-        env=workflow_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+        args = (*args, "--configfile", str(path))
+    result = run_snakemake(workdir, *args, limit=180)
     return result.returncode, result.stdout + result.stderr
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from conftest import copy_workflow, workflow_env
+from conftest import copy_workflow, snakemake_command, workflow_env
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -27,7 +27,7 @@ OVERLAY = {
 
 
 def snakemake(workdir, *args, **popen):
-    command = ["timeout", "-k", "10", "600", "snakemake", "--profile", "profiles/local", *args]
+    command = snakemake_command("--profile", "profiles/local", *args)
     return subprocess.Popen(
         [*command, "--configfile", "overlay.yaml"],
         cwd=workdir,

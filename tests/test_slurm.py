@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 import yaml
 from conftest import REPO_ROOT as REPO
@@ -114,13 +115,7 @@ def write_overlay(path: Path, **sections) -> Path:
 
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["timeout", "-k", "10", str(timeout), "snakemake", *SLURM_FLAGS, *args],
-        cwd=workdir,
-        env=slurm_env(),
-        capture_output=True,
-        text=True,
-    )
+    return conftest.run_snakemake(workdir, *SLURM_FLAGS, *args, limit=timeout, env=slurm_env())
 
 
 def sacct(job_id: str, fields: str) -> list[str]:
@@ -315,7 +310,7 @@ def test_failing_job_is_reported_with_its_log(slurm_cluster, tmp_path):
 def start_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     """snakemake in the background, its output going to workdir/snakemake.out."""
     return subprocess.Popen(
-        ["timeout", "-k", "10", "600", "snakemake", *SLURM_FLAGS, *args],
+        conftest.snakemake_command(*SLURM_FLAGS, *args),
         cwd=workdir,
         env=slurm_env(),
         stdout=(workdir / "snakemake.out").open("w"),

@@ -6,25 +6,15 @@ import csv
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_workflow, workflow_env
+from conftest import copy_workflow
+from conftest import run_snakemake as snakemake
 
 SWEEP = {"lr": [0.01, 0.003], "seed": [0, 1]}
 RUN_IDS = ["lr=0.003_seed=0", "lr=0.003_seed=1", "lr=0.01_seed=0", "lr=0.01_seed=1"]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["timeout", "-k", "10", "600", "snakemake", *args],
-        cwd=workdir,
-        env=workflow_env(),
-        capture_output=True,
-        text=True,
-    )
 
 
 @pytest.fixture(scope="module")

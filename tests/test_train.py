@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
 from fmnist import checkpoint, files, idx, runfiles, settings
+from fmnist.checkpoint import STATE_KEYS
 from fmnist.trainer import EXIT_RESUMABLE, LOCK_FILE, Trainer
 
 train_py = import_script("train")
@@ -276,20 +277,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(runs, synthetic_data, 
     checkpoint = out / "checkpoint.pt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # 12.
-    assert set(state) == {
-        "fingerprint",
-        "model",
-        "optimizer",
-        "torch_rng",
-        "shuffle_rng",
-        "epoch",
-        "order",
-        "batch_losses",
-        "batches_done",
-        "epoch_seconds_so_far",
-        "history",
-        "attempts",
-    }
+    assert set(state) == STATE_KEYS
     assert list(state["model"]) == PARAM_NAMES
     assert 1 <= state["epoch"] < RESUME["epochs"]
     assert len(state["history"]) == state["epoch"]

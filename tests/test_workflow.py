@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_workflow, workflow_env
+from conftest import copy_workflow
+from conftest import run_snakemake as snakemake
 from fmnist import settings
 
 FILES = [
@@ -45,17 +46,6 @@ OVERLAY = {
     "train": {"epochs": 2, "devices": ["cpu", "cpu"]},
 }
 TUTORIAL_LINE = re.compile(r"^Epoch \[\d+/2\], Loss: \d+\.\d{4}$")
-
-
-def snakemake(workdir: Path, *args: str, limit: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["timeout", "-k", "10", str(limit), "snakemake", *args],
-        cwd=workdir,
-        env=workflow_env(),
-        capture_output=True,
-        text=True,
-        timeout=limit + 30,
-    )
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:
