@@ -351,7 +351,7 @@ def test_scancel_ends_the_workflow_naming_the_job_and_its_log(slurm_cluster, tmp
     if when == "pending":  # both GPUs taken: the training job waits in the queue
         blocker = subprocess.run(
             ["sbatch", "--parsable", "-p", "debug", "-A", "root", "--gpus=2", "-t", "5",
-             "--wrap", "sleep 300"],
+             "-o", "/dev/null", "--wrap", "sleep 300"],
             capture_output=True, text=True, env=slurm_env(), check=True,
         ).stdout.strip()  # fmt: skip
     try:
