@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/verify.smk"
 
 
 rule all:
@@ -30,3 +31,6 @@ rule all:
         "results/figures/loss.pdf",
         "results/figures/accuracy.pdf",
         "results/figures/throughput.pdf",
+        "results/tables/summary.html",
+        # Once `snakemake verify` has run, kept up to date and shown in the report.
+        VERIFY.kept_up_to_date(VERIFY_OUTPUTS),

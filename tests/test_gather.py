@@ -42,6 +42,9 @@ def test_cli_end_to_end_without_torch(tmp_path):
     result = run_cli("--out", out, *three_seeds, log, env=fake_torch_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == [
+        "compute.csv",
+        "compute.md",
+        "compute.tex",
         "epochs.csv",
         "provenance.csv",
         "runs.csv",

@@ -16,7 +16,7 @@ from fake_runs import (
     write_three_seeds,
     write_tutorial_log,
 )
-from fmnist import runfiles, tables
+from fmnist import compute, runfiles, tables
 from fmnist.gathering import gather_runs, load_runs
 from fmnist.runfiles import Run
 
@@ -70,7 +70,13 @@ def test_runs_table_values(tmp_path):
     three_seeds = write_three_seeds(tmp_path)
     runs = gather_runs(three_seeds, tmp_path / "out").runs
     assert list(runs["run_id"]) == [f"lr=0.001_seed={s}" for s in range(3)]
-    assert list(runs.columns) == ["run_id", *BASE_PARAMS, *tables.RUN_METRICS, "configuration"]
+    assert list(runs.columns) == [
+        "run_id",
+        *BASE_PARAMS,
+        *tables.RUN_METRICS,
+        *compute.RUN_COLUMNS,
+        "configuration",
+    ]
     r = runs.iloc[1]
     assert r["final_test_accuracy"] == pytest.approx(0.82, rel=1e-12)
     assert r["best_test_accuracy"] == pytest.approx(0.82, rel=1e-12)

@@ -1,3 +1,6 @@
+from fmnist.labels import run_labels
+
+
 localrules:
     gather_epoch_logs,
     plot_loss_curves,
@@ -12,23 +15,83 @@ rule gather_epoch_logs:
             "results/tables/epochs.csv",
             caption="../report/epochs_table.rst",
             category="Tables",
+            subcategory="Epochs",
         ),
         runs=report(
             "results/tables/runs.csv",
             caption="../report/runs_table.rst",
             category="Tables",
+            subcategory="Runs",
         ),
         summary=report(
             "results/tables/summary.csv",
             caption="../report/summary_table.rst",
             category="Tables",
+            subcategory="Summary",
         ),
-        summary_md="results/tables/summary.md",
-        summary_tex="results/tables/summary.tex",
+        summary_md=report(
+            "results/tables/summary.md",
+            caption="../report/summary_table.rst",
+            category="Tables",
+            subcategory="Summary",
+        ),
+        summary_tex=report(
+            "results/tables/summary.tex",
+            caption="../report/summary_table.rst",
+            category="Tables",
+            subcategory="Summary",
+        ),
         provenance=report(
             "results/tables/provenance.csv",
             caption="../report/provenance.rst",
             category="Provenance",
+        ),
+        compute=report(
+            "results/tables/compute.csv",
+            caption="../report/compute_table.rst",
+            category="Compute",
+        ),
+        compute_md=report(
+            "results/tables/compute.md",
+            caption="../report/compute_statement.rst",
+            category="Compute",
+        ),
+        compute_tex=report(
+            "results/tables/compute.tex",
+            caption="../report/compute_statement.rst",
+            category="Compute",
+        ),
+        # The report's pages: the tables readable in the report itself.
+        summary_html=report(
+            "results/tables/summary.html",
+            caption="../report/summary_table.rst",
+            category="Tables",
+            subcategory="Summary",
+        ),
+        runs_html=report(
+            "results/tables/runs.html",
+            caption="../report/runs_table.rst",
+            category="Tables",
+            subcategory="Runs",
+        ),
+        compute_html=report(
+            "results/tables/compute.html",
+            caption="../report/compute_statement.rst",
+            category="Compute",
+        ),
+        provenance_html=report(
+            "results/tables/provenance.html",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+        # The landing page's paragraph (workflow/report/workflow.rst reads it).
+        overview="results/tables/overview.rst",
+        run_pages=report(
+            directory("results/tables/run_pages"),
+            patterns=["{run}.html"],
+            caption="../report/run_page.rst",
+            category="Runs",
+            labels=lambda wildcards: run_labels(wildcards.run, RUNS, config["sweep"]),
         ),
     log:
         "results/logs/gather_epoch_logs.log",
@@ -43,8 +106,13 @@ rule gather_epoch_logs:
         script=script_path("gather.py"),
         out_dir=lambda wildcards, output: Path(output.epochs).parent,
         run_dirs=lambda wildcards, input: [Path(p).parent for p in input.provenance],
+        # Read if there (local runs); on a cluster sacct says more (asked on the login node).
+        benchmarks="results/benchmarks/train_model_parallel",
+        synthetic="--synthetic-data" if config["data"]["synthetic"] is not None else "",
     shell:
-        "python {params.script:q} --out {params.out_dir:q} {params.run_dirs:q} > {log} 2>&1"
+        "python {params.script:q} --out {params.out_dir:q} --sacct auto"
+        " --benchmarks {params.benchmarks:q} --pages {params.synthetic}"
+        " {params.run_dirs:q} > {log} 2>&1"
 
 
 rule plot_loss_curves:
@@ -52,23 +120,42 @@ rule plot_loss_curves:
         epochs="results/tables/epochs.csv",
         runs="results/tables/runs.csv",
     output:
-        loss_png="results/figures/loss.png",
+        # Both in the report: the image shows in any browser, the PDF is for the paper.
+        loss_png=report(
+            "results/figures/loss.png",
+            caption="../report/loss.rst",
+            category="Training curves",
+            labels={"figure": "loss", "format": "image"},
+        ),
         loss=report(
             "results/figures/loss.pdf",
             caption="../report/loss.rst",
             category="Training curves",
+            labels={"figure": "loss", "format": "vector PDF"},
         ),
-        accuracy_png="results/figures/accuracy.png",
+        accuracy_png=report(
+            "results/figures/accuracy.png",
+            caption="../report/accuracy.rst",
+            category="Training curves",
+            labels={"figure": "accuracy", "format": "image"},
+        ),
         accuracy=report(
             "results/figures/accuracy.pdf",
             caption="../report/accuracy.rst",
             category="Training curves",
+            labels={"figure": "accuracy", "format": "vector PDF"},
         ),
-        throughput_png="results/figures/throughput.png",
+        throughput_png=report(
+            "results/figures/throughput.png",
+            caption="../report/throughput.rst",
+            category="Training curves",
+            labels={"figure": "throughput", "format": "image"},
+        ),
         throughput=report(
             "results/figures/throughput.pdf",
             caption="../report/throughput.rst",
             category="Training curves",
+            labels={"figure": "throughput", "format": "vector PDF"},
         ),
     log:
         "results/logs/plot_loss_curves.log",

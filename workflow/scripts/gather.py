@@ -5,8 +5,20 @@ and ``run.json`` (written by training), or a plain-text log of the original tuto
 (``Epoch [1/10], Loss: 0.5234`` lines; its run id is the file name without extension).
 
 Writes into ``--out DIR``: epochs.csv, runs.csv, summary.csv (one row per configuration:
-mean, sample std and 95 % CI over seeds), summary.md, summary.tex and provenance.csv.
-An invalid input is an error naming the file, and nothing is written.
+mean, sample std and 95 % CI over seeds, compute totals), summary.md, summary.tex,
+provenance.csv, compute.csv (one row per attempt: wall time, queue wait, allocated GPUs,
+CPUs and memory, GPU-hours, CPU-hours, MaxRSS, energy) and the compute statement
+compute.md and compute.tex. An invalid input is an error naming the file, and nothing is
+written.
+
+Compute comes from ``sacct`` for runs that were SLURM jobs (``--sacct auto``: asked on
+this machine, e.g. the login node; or a file holding ``sacct -D --parsable2`` output),
+from Snakemake's benchmark files (``--benchmarks DIR``, ``DIR/{run}.tsv``) for local
+runs, and from run.json's attempts otherwise.
+
+With ``--pages`` it also writes the Snakemake report's pages into the same folder:
+summary.html, runs.html, compute.html, provenance.html (sortable tables), overview.rst
+(the report's landing paragraph) and run_pages/{run}.html (one page per run).
 
 Must not import torch: gathering has to stay fast.
 """
@@ -18,6 +30,7 @@ import sys
 
 from fmnist.gathering import gather_runs
 from fmnist.runfiles import RunFileError
+from fmnist.sacct import FIELDS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=(
             "Gather run folders (epochs.csv + run.json) and tutorial logs "
             "('Epoch [i/n], Loss: x' lines) into epochs.csv, runs.csv, "
-            "summary.csv, summary.md, summary.tex and provenance.csv (run folders only)."
+            "summary.csv, summary.md, summary.tex, provenance.csv, compute.csv, compute.md "
+            "and compute.tex (the last four: run folders only)."
         ),
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -41,6 +55,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="leave out run folders that do not hold their finished run (said on stderr and "
         "under the summary tables) instead of failing",
     )
+    parser.add_argument(
+        "--sacct",
+        default="auto",
+        metavar="auto|never|FILE",
+        help="SLURM accounting of the runs' jobs: auto (ask sacct when a run was a SLURM job; "
+        "if it cannot be asked, say so and use run.json's times), never, or a file with the "
+        "output of `sacct -D --parsable2 -o " + ",".join(FIELDS) + "` (default: auto)",
+    )
+    parser.add_argument(
+        "--benchmarks",
+        metavar="DIR",
+        help="Snakemake benchmark files of the training jobs, DIR/{run}.tsv "
+        "(e.g. results/benchmarks/train_model_parallel)",
+    )
+    parser.add_argument(
+        "--pages",
+        action="store_true",
+        help="also write the report's pages (HTML tables, landing paragraph, one page per run)",
+    )
+    parser.add_argument(
+        "--synthetic-data",
+        action="store_true",
+        help="the runs trained on generated data (data.synthetic): the pages say SYNTHETIC",
+    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder or tutorial log file")
     return parser.parse_args(argv)
 
@@ -48,7 +86,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        gather_runs(args.paths, args.out, args.skip_bad_lines, args.skip_incomplete)
+        gather_runs(
+            args.paths,
+            args.out,
+            args.skip_bad_lines,
+            args.skip_incomplete,
+            sacct_source=args.sacct,
+            benchmark_dir=args.benchmarks,
+            pages=args.pages,
+            synthetic=args.synthetic_data,
+        )
     except RunFileError as err:
         print(f"gather.py: error: {err}", file=sys.stderr)
         return 1

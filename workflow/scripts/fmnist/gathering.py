@@ -8,11 +8,14 @@ leaves a half-written or a mixed set of tables behind. Imports no torch.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
 
-from . import paper
+import pandas as pd
+
+from . import compute, paper, report_pages, statement
 from .files import atomic_write_text
 from .runfiles import IncompleteRunError, Run, RunFileError, read_run_dir
 from .tables import Tables, build_tables
@@ -25,6 +28,9 @@ OUTPUT_FILES = [
     "summary.md",
     "summary.tex",
     "provenance.csv",
+    "compute.csv",
+    "compute.md",
+    "compute.tex",
 ]
 
 
@@ -87,9 +93,32 @@ def skipped_note(skipped: list[str]) -> str:
     return f"Left out: {len(skipped)} incomplete run(s) ({'; '.join(skipped)}).\n"
 
 
-def render(tables: Tables, skipped: list[str] = ()) -> dict[str, str]:
-    """The text of each output file, by name (in the order of :data:`OUTPUT_FILES`)."""
+def render(
+    tables: Tables, skipped: list[str] = (), pages: bool = False, synthetic: bool = False
+) -> dict[str, str]:
+    """The text of each output file, by name (in the order of :data:`OUTPUT_FILES`); with
+    ``pages``, then the report's pages (:mod:`fmnist.report_pages`), made from the CSV
+    files' text as a reader of them gets it."""
+    texts = render_tables(tables, skipped)
+    if pages:
+        frames = {name: read_back(texts[f"{name}.csv"]) for name in report_pages.TABLES}
+        texts.update(report_pages.render_pages(frames, synthetic))
+    return texts
+
+
+def read_back(text: str) -> pd.DataFrame:
+    """A CSV file's text as pandas reads the file (no columns at all: an empty table)."""
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def render_tables(tables: Tables, skipped: list[str] = ()) -> dict[str, str]:
+    """The tables' files (:data:`OUTPUT_FILES`), by name."""
     note = skipped_note(list(skipped))
+    said = statement.statement(tables.runs, tables.compute)
+    compute_notes = "".join(f"\nNote: {n}\n" for n in tables.notes)
     return {
         "epochs.csv": tables.epochs.to_csv(index=False),
         "runs.csv": tables.runs.to_csv(index=False),
@@ -99,36 +128,69 @@ def render(tables: Tables, skipped: list[str] = ()) -> dict[str, str]:
         "summary.tex": paper.summary_latex(tables.summary, tables.config_columns)
         + (f"% {paper.latex_escape(note)}" if note else ""),
         "provenance.csv": tables.provenance.to_csv(index=False),
+        "compute.csv": tables.compute.to_csv(index=False),
+        "compute.md": statement.markdown(said) + compute_notes,
+        "compute.tex": statement.latex(said)
+        + "".join(f"% Note: {paper.latex_escape(n)}\n" for n in tables.notes),
     }
 
 
-def write_tables(out_dir: str | os.PathLike, tables: Tables, skipped=()) -> list[Path]:
-    """Format every file first, then write each one atomically into ``out_dir``."""
-    texts = render(tables, skipped)
+def replace_text(path: Path, text: str) -> None:
+    """Atomic for readers (a temporary file renamed into place), without the fsync of
+    :func:`files.atomic_write_text`: a page that a crash loses is made again."""
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def write_tables(out_dir, tables: Tables, skipped=(), pages=False, synthetic=False) -> list[Path]:
+    """Format every file first, then write each one atomically into ``out_dir`` (and
+    remove run pages of runs no longer gathered)."""
+    texts = render(tables, skipped, pages, synthetic)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFileError(f"--out {out_dir}: not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
-        atomic_write_text(out_dir / name, text)
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith(f"{report_pages.RUN_PAGES}/"):
+            replace_text(out_dir / name, text)  # one per run: made again from the tables
+        else:
+            atomic_write_text(out_dir / name, text)
+    if pages:
+        for stale in (out_dir / report_pages.RUN_PAGES).glob("*.html"):
+            if f"{report_pages.RUN_PAGES}/{stale.name}" not in texts:
+                stale.unlink()
     return [out_dir / name for name in texts]
 
 
 def gather_runs(
-    paths, out_dir, skip_bad_lines: bool = False, skip_incomplete: bool = False
+    paths,
+    out_dir,
+    skip_bad_lines: bool = False,
+    skip_incomplete: bool = False,
+    sacct_source: str = "never",
+    benchmark_dir=None,
+    tz=None,
+    pages: bool = False,
+    synthetic: bool = False,
 ) -> Tables:
     """Read ``paths``, write the tables into ``out_dir`` (unless it is None), return them.
 
     Raises :class:`runfiles.RunFileError`, naming the file at fault, before anything is
     written. With ``skip_incomplete``, incomplete runs are left out, and said so on stderr
-    and under the summary tables.
+    and under the summary tables. ``sacct_source``, ``benchmark_dir`` and ``tz``: where
+    the compute columns come from (:func:`compute.load_accounting`). ``pages``: also
+    write the report's pages (``synthetic``: the data were generated, say so).
     """
     skipped = [] if skip_incomplete else None
     runs = load_runs(paths, skip_bad_lines, skipped)
     report_skipped(runs, skip_bad_lines)
     for why in skipped or []:
         print(f"gather: left out an incomplete run: {why}", file=sys.stderr)
-    tables = build_tables(runs)
+    accounting = compute.load_accounting(runs, sacct_source, benchmark_dir, tz)
+    for note in accounting.notes:
+        print(f"gather: {note}", file=sys.stderr)
+    tables = build_tables(runs, accounting)
     if out_dir is not None:
-        write_tables(out_dir, tables, skipped or [])
+        write_tables(out_dir, tables, skipped or [], pages, synthetic)
     return tables

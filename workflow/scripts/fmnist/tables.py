@@ -5,7 +5,10 @@
   configuration);
 * summary: one row per configuration (mean, std and 95 % CI over seeds);
 * provenance: one row per run folder (code, software, hardware, scheduler, data), built
-  by :mod:`fmnist.provenance`.
+  by :mod:`fmnist.provenance`;
+* compute: one row per attempt (under SLURM: per allocation) with its wall time, GPUs,
+  CPUs, GPU-hours and CPU-hours, built by :mod:`fmnist.compute`; runs.csv has each run's
+  totals and summary.csv each configuration's.
 
 A configuration is every parameter except the seed. Runs are grouped into configurations
 once, here, and each gets its human label in the ``configuration`` column of runs.csv and
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import compute
 from .naming import config_label, format_value
 from .provenance import join_cell, provenance_table, record_facts
 from .runfiles import Run
@@ -58,6 +62,8 @@ SUMMARY_METRICS = {
 """The metrics summarised over seeds, with the bounds their confidence interval is clipped
 to: an accuracy is a fraction, a cross-entropy is never negative."""
 SUMMARY_STATS = ["mean", "std", "ci95_low", "ci95_high"]
+SUMMARY_TOTALS = ["attempts", "wall_seconds", "gpu_hours", "cpu_hours"]
+"""Compute summed over a configuration's runs: summary.csv's ``{name}_total`` columns."""
 
 
 # --------------------------------------------------------------------------- cells
@@ -212,13 +218,25 @@ def run_metrics(run: Run) -> dict:
     }
 
 
-def runs_table(runs: list[Run], params: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
-    """One row per run: run_id, parameters, :data:`RUN_METRICS`, configuration."""
+def runs_table(
+    runs: list[Run], params: pd.DataFrame, labels: list[str], attempts: dict[str, list[dict]]
+) -> pd.DataFrame:
+    """One row per run: run_id, parameters, :data:`RUN_METRICS`, the compute columns
+    (:data:`compute.RUN_COLUMNS`), configuration."""
     rows = [run_metrics(r) for r in runs]
     metrics = pd.DataFrame({c: [row[c] for row in rows] for c in RUN_METRICS})
     metrics["best_epoch"] = pd.Series(metrics["best_epoch"].tolist(), dtype="Int64")
-    metrics[CONFIGURATION_COLUMN] = labels
-    return pd.concat([params.reset_index(drop=True), metrics], axis=1)
+    costs = compute.run_columns(runs, attempts)
+    costs[CONFIGURATION_COLUMN] = labels
+    return pd.concat([params.reset_index(drop=True), metrics, costs], axis=1)
+
+
+def _config_totals(members: pd.DataFrame) -> dict:
+    totals = {}
+    for name in SUMMARY_TOTALS:
+        values = pd.to_numeric(members[name], errors="coerce")
+        totals[f"{name}_total"] = values.sum() if values.notna().any() else math.nan
+    return totals
 
 
 def summary_table(
@@ -235,10 +253,15 @@ def summary_table(
         for metric, (low, high) in SUMMARY_METRICS.items():
             result = mean_std_ci95(members[metric].to_numpy(dtype=float), low, high)
             row.update({f"{metric}_{s}": v for s, v in zip(SUMMARY_STATS, result[1:])})
+        row.update(_config_totals(members))
         row[CONFIGURATION_COLUMN] = label
         rows.append(row)
     stats = [f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS]
-    return pd.DataFrame(rows, columns=[*group_cols, "n_seeds", *stats, CONFIGURATION_COLUMN])
+    totals = [f"{name}_total" for name in SUMMARY_TOTALS]
+    columns = [*group_cols, "n_seeds", *stats, *totals, CONFIGURATION_COLUMN]
+    table = pd.DataFrame(rows, columns=columns)
+    table["attempts_total"] = pd.Series(table["attempts_total"].tolist(), dtype="Int64")
+    return table
 
 
 # --------------------------------------------------------------------------- all of them
@@ -252,19 +275,26 @@ class Tables:
     provenance: pd.DataFrame
     config_columns: list[str]
     """The parameter columns that define a configuration (the summary's first columns)."""
+    compute: pd.DataFrame
+    notes: list[str]
+    """What the compute columns could not use (e.g. sacct unavailable), for the reader."""
 
 
-def build_tables(runs: list[Run]) -> Tables:
-    """Every table, from the runs in the order given."""
+def build_tables(runs: list[Run], accounting: compute.Accounting | None = None) -> Tables:
+    """Every table, from the runs in the order given (and what is known of their jobs)."""
+    accounting = accounting or compute.Accounting()
     param_cols = parameter_columns(runs)
     group_cols = config_columns(param_cols)
     params = params_table(runs, param_cols)
     index, labels = configurations(runs, group_cols)
-    runs_df = runs_table(runs, params, [labels[i] for i in index])
+    attempts = compute.rows_by_run(runs, accounting)
+    runs_df = runs_table(runs, params, [labels[i] for i in index], attempts)
     return Tables(
         epochs=epochs_table(runs, params),
         runs=runs_df,
         summary=summary_table(runs_df, index, labels, group_cols),
         provenance=provenance_table(runs),
         config_columns=group_cols,
+        compute=compute.compute_table(attempts),
+        notes=list(accounting.notes),
     )
