@@ -79,7 +79,35 @@ BAD_CONFIGS = {
     ),
     "three-devices": (
         {"train": {"devices": ["cpu", "cpu", "cpu"]}},
-        ["instance['train']['devices']"],
+        ["train.devices lists 3 devices, one per stage, but train.hidden_sizes [200] makes 2"],
+    ),
+    "stage-split-too-long": (
+        {"train": {"hidden_sizes": [64, 32], "stage_split": [1, 1, 2]}},
+        ["train.stage_split [1, 1, 2] assigns 4 layers; train.hidden_sizes [64, 32] makes 3"],
+    ),
+    "stage-split-devices-disagree": (
+        {"train": {"hidden_sizes": [64, 32], "stage_split": [1, 2], "devices": ["cpu"] * 3}},
+        ["train.devices lists 3 devices but train.stage_split [1, 2] makes 2 stages"],
+    ),
+    "stage-split-empty-stage": (
+        {"train": {"stage_split": [2, 0]}},
+        ["instance['train']['stage_split']"],
+    ),
+    "hidden-sizes-empty": (
+        {"train": {"hidden_sizes": []}},
+        ["[] should be non-empty", "instance['train']['hidden_sizes']"],
+    ),
+    "hidden-sizes-float": (
+        {"train": {"hidden_sizes": [200.0]}},
+        ["config key train.hidden_sizes: 200.0 must be written as an integer"],
+    ),
+    "activation-unknown": (
+        {"train": {"activation": "tanh"}},
+        ["'tanh' is not one of ['log_softmax', 'relu']", "instance['train']['activation']"],
+    ),
+    "sweep-hidden-sizes-bad": (
+        {"sweep": {"hidden_sizes": [[200], [0]]}},
+        ["sweep.hidden_sizes[1] -> train.hidden_sizes: 0 is less than the minimum of 1"],
     ),
     "md5-31-hex-digits": (
         {"data": {"md5": {"t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd31"}}},
@@ -151,10 +179,10 @@ BAD_CONFIGS = {
         ["is greater than the maximum of 18446744073709551615", "instance['train']['seed']"],
     ),
     "hidden-size-out-of-memory": (
-        {"train": {"hidden_size": 10**7}},
+        {"train": {"hidden_sizes": [10**7]}},
         [
             "run base needs at least 151,826 MB for its weights",
-            "train.hidden_size 10000000",
+            "train.hidden_sizes [10000000]",
             "resources.train_model_parallel.mem_mb (16000)",
         ],
     ),
@@ -214,6 +242,10 @@ GOOD_CONFIGS = {
     "synthetic-seed": {"data": {"synthetic": {"seed": 4}, "dir": "resources/synthetic"}},
     "synthetic-empty": {"data": {"synthetic": {}}},
     "epochs-2.0": {"train": {"epochs": 2.0}},
+    "sweep-model": {
+        "sweep": {"hidden_sizes": [[200], [512, 256]], "activation": ["log_softmax", "relu"]},
+        "train": {"devices": ["cpu", "cpu"]},
+    },
 }
 
 
@@ -303,7 +335,9 @@ def test_default_config_dry_run(tmp_path):
         "--epochs 10",
         "--batch-size 100",
         "--lr 0.01",
-        "--hidden-size 200",
+        "--hidden-sizes 200",
+        "--activation log_softmax",
+        "--stage-split flops",
         "--seed 0",
         "--microbatches 1",
         "--adam-impl for_loop",
@@ -322,7 +356,10 @@ def test_default_config_dry_run(tmp_path):
 def test_overlay_merges_over_defaults(dry_runs):
     output = succeeded(dry_runs, "epochs-2")
     command = train_commands(output)["base"]
-    assert "--epochs 2 --batch-size 100 --lr 0.01 --hidden-size 200 --seed 0" in command
+    assert (
+        "--epochs 2 --batch-size 100 --lr 0.01 --hidden-sizes 200 --activation log_softmax"
+        in command
+    )
     assert "--devices auto" in command
 
 
@@ -373,6 +410,22 @@ def test_device_lists_in_run_ids(dry_runs):
     commands = train_commands(output)
     assert "--devices cuda:0 cuda:1 " in commands["devices=cuda0+cuda1"]
     assert "--devices cpu " in commands["devices=cpu"]
+
+
+def test_a_sweep_over_the_model_has_readable_ids_and_command_lines(dry_runs):
+    output = succeeded(dry_runs, "sweep-model")
+    assert train_run_ids(output) == [
+        "activation=logsoftmax_hidden_sizes=200",  # a run id drops "_", as in forloop
+        "activation=logsoftmax_hidden_sizes=512+256",
+        "activation=relu_hidden_sizes=200",
+        "activation=relu_hidden_sizes=512+256",
+    ]
+    commands = train_commands(output)
+    assert (
+        "--hidden-sizes 512 256 --activation relu "
+        in commands["activation=relu_hidden_sizes=512+256"]
+    )
+    assert "--stage-split flops " in commands["activation=relu_hidden_sizes=200"]
 
 
 def test_synthetic_settings_get_schema_defaults(dry_runs):

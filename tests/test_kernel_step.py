@@ -129,3 +129,29 @@ def test_hand_written_step_only_where_all_stages_are_on_the_cpu(torch_state):
     # ... and on the CPU when train.cpu_step asks for autograd.
     settings_autograd = {"microbatches": 1, "cpu_step": "autograd"}
     assert type(make_step(cpu_model, cpu_adam, 10, settings_autograd)) is AutogradStep
+
+
+@pytest.mark.parametrize(
+    ("hidden_sizes", "split", "activation"),
+    [([8], [2], "log_softmax"), ([8], [1, 1], "relu"), ([8, 8], [1, 2], "log_softmax")],
+    ids=["one-stage", "relu", "three-layers"],
+)
+def test_any_other_layout_takes_the_autograd_step(torch_state, hidden_sizes, split, activation):
+    """TrainStep is written for the tutorial's layout only (Linear + log_softmax, then
+    Linear); every other model trains with autograd, also on the CPU."""
+    model = ModelParallelMLP(hidden_sizes, [CPU] * len(split), split, activation)
+    adam = torch.optim.Adam(model.parameters())
+    step = make_step(model, adam, 10, {"microbatches": 1, "cpu_step": "kernels"})
+    assert type(step) is AutogradStep
+
+
+def test_run_json_records_the_autograd_step_of_a_deeper_model(synthetic_data, tmp_path):
+    params = {
+        **settings.defaults()["train"],
+        "devices": ["cpu", "cpu"],
+        "hidden_sizes": [16, 8],
+        "epochs": 1,
+    }
+    trainer = Trainer(params, RunSetup(synthetic_data, tmp_path, threads=1), [CPU, CPU])
+    assert trainer.model.split == [1, 2]
+    assert trainer.record()["setup"]["train_step"] == "AutogradStep"

@@ -184,3 +184,100 @@ def test_pipeline_schedule_overlaps_the_stages():
     x = torch.rand(10, 1, 28, 28)  # 4 micro-batches: 3, 3, 3, 1 rows
     pipelined_loss(model, x, torch.zeros(10, dtype=torch.int64), 4)
     assert calls == [(0, 3), (0, 3), (1, 3), (0, 3), (1, 3), (0, 1), (1, 3), (1, 1)]
+
+
+# ------------------------------------------------------------------- 4. N stages
+
+
+def _reference_mlp(hidden_sizes, activation):
+    """The same MLP as one nn.Sequential on one device (no stages)."""
+    sizes = [28 * 28, *hidden_sizes, 10]
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.LogSoftmax(dim=1) if activation == "log_softmax" else nn.ReLU())
+    return nn.Sequential(nn.Flatten(), *layers)
+
+
+def test_the_default_split_keeps_the_tutorial_model():
+    torch.manual_seed(5)
+    default = ModelParallelMLP(200, [CPU, CPU])
+    torch.manual_seed(5)
+    explicit = ModelParallelMLP([200], [CPU, CPU], [1, 1], "log_softmax")
+    assert list(explicit.state_dict()) == PARAM_NAMES
+    for (name, p), q in zip(default.state_dict().items(), explicit.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert isinstance(explicit.stages[1], nn.Linear)
+
+
+def test_stages_hold_contiguous_layers():
+    model = ModelParallelMLP([32, 16], [CPU, META], [1, 2], "relu")
+    assert [type(m).__name__ for m in model.stages[0]] == ["Linear", "ReLU"]
+    assert [type(m).__name__ for m in model.stages[1]] == ["Linear", "ReLU", "Linear"]
+    assert {p.device for p in model.stages[1].parameters()} == {META}
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ValueError, match="does not fit 3 layers"):
+        ModelParallelMLP([32, 16], [CPU, CPU], [1, 1])
+
+
+@pytest.mark.parametrize(
+    ("hidden_sizes", "activation", "splits"),
+    [
+        ([200], "log_softmax", [[2], [1, 1]]),
+        ([64, 32], "relu", [[3], [1, 2], [2, 1], [1, 1, 1]]),
+        ([64, 32], "log_softmax", [[3], [1, 1, 1]]),
+    ],
+    ids=["tutorial", "relu-3-layers", "log_softmax-3-layers"],
+)
+def test_one_two_and_three_cpu_stages_train_bitwise_like_one_device(
+    synthetic_data, hidden_sizes, activation, splits
+):
+    """However the layers are split into stages, training is bitwise the training of the
+    same MLP as one nn.Sequential on one device: same initial weights, losses, weights."""
+    torch.manual_seed(0)
+    reference = _reference_mlp(hidden_sizes, activation)
+    models = []
+    for split in splits:
+        torch.manual_seed(0)
+        models.append(ModelParallelMLP(hidden_sizes, [CPU] * len(split), split, activation))
+    ref_params = list(reference.parameters())
+    for model in models:
+        assert len(model.stages) in (1, 2, 3)
+        for p, q in zip(model.parameters(), ref_params, strict=True):
+            assert torch.equal(p, q)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    order = torch.randperm(2000, generator=torch.Generator().manual_seed(0)).numpy()
+    for step in range(20):
+        x, y = train_batch(synthetic_data, order[step * 100 : (step + 1) * 100])
+        ref_opt.zero_grad()
+        ref_loss = F.cross_entropy(reference(x), y)
+        ref_loss.backward()
+        ref_opt.step()
+        for model, opt in zip(models, optimizers):
+            opt.zero_grad()
+            loss = pipelined_loss(model, x, y, 1)
+            loss.backward()
+            opt.step()
+            assert torch.equal(loss, ref_loss), (step, model.split)
+    for model in models:
+        for p, q in zip(model.parameters(), ref_params, strict=True):
+            assert torch.equal(p, q), model.split
+
+
+def test_three_stage_microbatches_overlap_and_match(synthetic_data):
+    torch.manual_seed(0)
+    model = ModelParallelMLP([32, 16], [CPU] * 3, [1, 1, 1], "relu")
+    calls = []
+    for s, stage in enumerate(model.stages):
+        stage.register_forward_hook(lambda m, inp, out, s=s: calls.append(s))
+    x, y = train_batch(synthetic_data, slice(0, 100))
+    loss, grads = _loss_and_grads(model, x, y, 1)
+    calls.clear()
+    split_loss, split_grads = _loss_and_grads(model, x, y, 2)
+    # ticks: (s0 c0), (s0 c1, s1 c0), (s1 c1, s2 c0), (s2 c1): stage s on chunk t - s
+    assert calls == [0, 0, 1, 1, 2, 2]
+    torch.testing.assert_close(split_loss, loss, rtol=1e-6, atol=0)
+    for g, ref in zip(split_grads, grads):
+        torch.testing.assert_close(g, ref, rtol=1e-6, atol=1e-7)

@@ -60,6 +60,9 @@ def test_every_setting_has_a_default_and_a_description():
             "adam_impl": "fused",
             "cpu_step": "autograd",
             "seed": 12,
+            "hidden_sizes": [512, 256],
+            "activation": "relu",
+            "stage_split": [1, 2],
         },
     ],
     ids=["defaults", "every-kind-changed"],
@@ -93,6 +96,11 @@ def test_help_lists_every_setting_with_its_description(capsys):
         ("--lr", "inf", "train.lr: inf is not a finite number"),
         ("--lr", "0", "train.lr: 0.0 is less than or equal to the minimum of 0"),
         ("--batch-size", "ten", "invalid literal for int()"),
+        ("--hidden-sizes", "0", "train.hidden_sizes: 0 is less than the minimum of 1"),
+        ("--hidden-sizes", "2.5", "train.hidden_sizes: '2.5' is not an integer"),
+        ("--stage-split", "0", "train.stage_split: "),
+        ("--stage-split", "3", "train.stage_split [3] assigns 3 layers"),
+        ("--activation", "tanh", "invalid choice: 'tanh'"),
     ],
 )
 def test_train_py_refuses_what_the_schema_refuses(tmp_path, capsys, option, value, message):
@@ -164,3 +172,90 @@ def test_a_sweep_refuses_colliding_ids_and_broken_rules(monkeypatch):
     monkeypatch.setattr(sweep, "check_sweep", lambda sweep: None)
     with pytest.raises(settings.SettingError, match="give the same run id 'adam_impl=forloop'"):
         sweep.build_runs(train, {"adam_impl": ["for_loop", "for loop"]})
+
+
+# ------------------------------------------------------------- layers and stages
+
+
+def test_the_default_model_is_the_tutorials_two_stages():
+    train = settings.defaults()["train"]
+    assert settings.layer_shapes(train) == [(784, 200), (200, 10)]
+    assert settings.layer_flops(train) == [2 * 784 * 200, 2 * 200 * 10]
+    assert settings.stage_count(train) == 2
+    assert settings.stage_split(train) == [1, 1]
+    for devices in (["cpu"], ["cuda:0", "cpu"]):
+        assert settings.stage_split({**train, "devices": devices}) == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("hidden_sizes", "changes", "split"),
+    [
+        ([512, 256], {}, [1, 2]),  # 802,816 | 262,144 + 5,120 FLOPs
+        ([512, 256], {"devices": ["cpu"] * 3}, [1, 1, 1]),
+        ([100, 100, 100], {}, [1, 3]),  # 156,800 | 20,000 + 20,000 + 2,000
+        ([100, 100, 100], {"devices": ["cpu"] * 3}, [1, 1, 2]),
+        ([10, 1000], {}, [2, 1]),  # 15,680 + 20,000 | 20,000
+        ([512, 256], {"stage_split": [2, 1]}, [2, 1]),
+        ([512, 256], {"stage_split": [3], "devices": ["cpu"]}, [3]),
+        ([512, 256], {"stage_split": [1, 1, 1], "devices": "auto"}, [1, 1, 1]),
+    ],
+)
+def test_stages_are_contiguous_balanced_by_flops_unless_given(hidden_sizes, changes, split):
+    params = {**settings.defaults()["train"], "hidden_sizes": hidden_sizes, **changes}
+    settings.check_run_params(params)
+    assert settings.stage_split(params) == split
+    assert settings.stage_count(params) == len(split)
+
+
+def test_balanced_split_minimises_the_costliest_stage():
+    assert settings.balanced_split([5, 1, 1, 1, 1, 1], 2) == [1, 5]
+    assert settings.balanced_split([1, 1, 1, 1], 2) == [2, 2]
+    assert settings.balanced_split([1, 1, 1], 3) == [1, 1, 1]
+    assert settings.balanced_split([3, 1, 1, 1], 1) == [4]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"devices": ["cpu"] * 3},
+            r"train\.devices lists 3 devices, one per stage, but "
+            r"train\.hidden_sizes \[200\] makes 2 layers",
+        ),
+        (
+            {"stage_split": [1]},
+            r"train\.stage_split \[1\] assigns 1 layers; "
+            r"train\.hidden_sizes \[200\] makes 2 layers",
+        ),
+        ({"stage_split": [1, 1, 1]}, r"train\.stage_split \[1, 1, 1\] assigns 3 layers"),
+        (
+            {"hidden_sizes": [8, 8], "stage_split": [1, 2], "devices": ["cpu"] * 3},
+            r"train\.devices lists 3 devices but train\.stage_split \[1, 2\] makes 2 stages",
+        ),
+    ],
+)
+def test_stage_rules_are_checked_naming_the_keys(changes, message):
+    with pytest.raises(settings.SettingError, match=message):
+        settings.check_run_params({**settings.defaults()["train"], **changes})
+
+
+def test_a_sweep_over_the_model_has_readable_ids():
+    from fmnist.sweep import build_runs
+
+    train = settings.defaults()["train"]
+    runs = build_runs(train, {"hidden_sizes": [[200], [512, 256]], "activation": ["relu"]})
+    assert list(runs) == [
+        "activation=relu_hidden_sizes=200",
+        "activation=relu_hidden_sizes=512+256",
+    ]
+    assert runs["activation=relu_hidden_sizes=512+256"]["hidden_sizes"] == [512, 256]
+    with pytest.raises(settings.SettingError, match=r"sweep\.hidden_sizes\[1\] -> train"):
+        build_runs(train, {"hidden_sizes": [[200], [0]]})
+    with pytest.raises(settings.SettingError, match=r"run stage_split=1\+1\+1: train\.stage"):
+        build_runs(train, {"stage_split": [[1, 1], [1, 1, 1]]})
+
+
+def test_memory_estimate_covers_every_layer():
+    train = settings.defaults()["train"]
+    deep = {**train, "hidden_sizes": [200, 200]}
+    assert settings.working_memory_mb(deep) > settings.working_memory_mb(train)

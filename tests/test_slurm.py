@@ -226,7 +226,7 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
     # and still two on a core twice as fast.
     synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
     data = {"dir": "resources/synthetic", "synthetic": synthetic}
-    train = {"epochs": 16, "hidden_size": 2048, "devices": ["cpu", "cpu"]}
+    train = {"epochs": 16, "hidden_sizes": [2048], "devices": ["cpu", "cpu"]}
     overlay = write_overlay(
         workdir / "overlay.yaml",
         data=data,
@@ -279,8 +279,8 @@ def start_reference(data_dir: Path, out_dir: Path, train: dict, *more: str) -> s
         *train["devices"],
         "--epochs",
         str(train["epochs"]),
-        "--hidden-size",
-        str(train["hidden_size"]),
+        "--hidden-sizes",
+        *map(str, train["hidden_sizes"]),
         "--threads",
         "1",
         *more,
@@ -380,7 +380,7 @@ def test_preemption_by_requeue_mid_epoch_ends_with_the_uninterrupted_metrics(
     the script checkpoints on SIGTERM, SLURM starts the job again, and it resumes."""
     workdir = copy_workflow(tmp_path / "wf")
     synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
-    train = {"epochs": 6, "batch_size": 50, "hidden_size": 200, "devices": ["cpu", "cpu"]}
+    train = {"epochs": 6, "batch_size": 50, "hidden_sizes": [200], "devices": ["cpu", "cpu"]}
     data = {"dir": "resources/synthetic", "synthetic": synthetic}
     overlay = write_overlay(workdir / "overlay.yaml", data=data, train=train)
     write_synthetic(tmp_path / "reference_data", **synthetic)

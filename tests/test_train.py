@@ -669,7 +669,7 @@ def test_a_table_another_process_wrote_to_is_not_taken_as_finished(
 
 def bogus_checkpoints(synthetic_data, tmp_path, real: Trainer) -> dict:
     """Files at checkpoint.pt that load but are not a checkpoint of ``real``'s run."""
-    other = trainer(synthetic_data, tmp_path / "other", hidden_size=50)
+    other = trainer(synthetic_data, tmp_path / "other", hidden_sizes=[50])
     wrong_shapes = {**other.state_dict(), "fingerprint": real.fingerprint}
     past_the_end = {**real.state_dict(), "epoch": 7}
     return {
@@ -715,7 +715,7 @@ def test_running_out_of_memory_is_a_message_with_the_memory_needed(synthetic_dat
     """A model too large for the memory the process may use (here a 4 GB address-space
     limit) ends with exit 2 and what it needs, not with an allocator traceback."""
     out = tmp_path / "run"
-    command = [sys.executable, str(TRAIN_SCRIPT), *cli(synthetic_data, out, hidden_size=400_000)]
+    command = [sys.executable, str(TRAIN_SCRIPT), *cli(synthetic_data, out, hidden_sizes=[400_000])]
     result = subprocess.run(
         ["bash", "-c", 'ulimit -v 4000000 && exec "$@"', "limited", *command],
         capture_output=True,
@@ -728,3 +728,48 @@ def test_running_out_of_memory_is_a_message_with_the_memory_needed(synthetic_dat
     assert "This run needs at least 6,074 MB" in result.stderr
     assert "resources.train_model_parallel.mem_mb" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ 12. N stages
+
+
+def test_three_stages_train_bitwise_like_one_stage_end_to_end(synthetic_data, tmp_path):
+    """train.py with a three-layer relu model on three CPU stages (one device each) and on
+    one stage: the same epochs.csv metrics and the same final weights, to the bit; run.json
+    records three devices and the autograd step (TrainStep is for the tutorial's layout)."""
+    model = {"hidden_sizes": [32, 16], "activation": "relu", "epochs": 2}
+    three, one = tmp_path / "three", tmp_path / "one"
+    result = run_train(three, cli(synthetic_data, three, devices=["cpu"] * 3, **model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_train(one, cli(synthetic_data, one, devices=["cpu"], stage_split=[3], **model))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert metric_lines(three) == metric_lines(one)
+    a, b = load_weights(three / "model.pt"), load_weights(one / "model.pt")
+    assert list(a) == [f"stages.{s}.{p}" for s in (0, 1) for p in ("0.weight", "0.bias")] + [
+        "stages.2.weight",
+        "stages.2.bias",
+    ]
+    assert [tuple(t.shape) for t in a.values()] == [
+        (32, 784),
+        (32,),
+        (16, 32),
+        (16,),
+        (10, 16),
+        (10,),
+    ]
+    for x, y in zip(a.values(), b.values(), strict=True):
+        assert torch.equal(x, y)
+    info = json.loads((three / "run.json").read_text())
+    assert info["setup"]["devices"] == ["cpu"] * 3
+    assert info["setup"]["train_step"] == "AutogradStep"
+    assert info["params"]["hidden_sizes"] == [32, 16] and info["params"]["stage_split"] == "flops"
+    assert json.loads((one / "run.json").read_text())["setup"]["devices"] == ["cpu"]
+
+
+def test_a_split_that_does_not_fit_is_refused_before_training(synthetic_data, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(out, cli(synthetic_data, out, devices=["cpu"] * 3))
+    assert result.returncode == 2
+    assert "train.devices lists 3 devices, one per stage, but train.hidden_sizes [200]" in (
+        result.stderr
+    )

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Train the tutorial's MLP on FashionMNIST with its two layers on two devices.
+"""Train the tutorial's MLP on FashionMNIST with its layers in stages on devices.
 
-Stage i of the model (Linear 784->hidden + log_softmax, then Linear hidden->10)
-lives on devices[i]; activations move between the stages. Writes, into --out-dir:
-epochs.csv (one row per epoch, flushed as it goes), run.json (provenance) and
-model.pt (final weights). A checkpoint (checkpoint.pt) is written after every
-epoch and whenever the run is told to stop (SIGTERM/SIGINT/SIGURG, or the SLURM
-deadline drawing near); a restarted run resumes from it and ends with exactly the
-metrics of an uninterrupted run.
+Stage i of the model (by default the tutorial's two: Linear 784->200 + log_softmax,
+then Linear 200->10) lives on devices[i]; activations move between the stages.
+Writes, into --out-dir: epochs.csv (one row per epoch, flushed as it goes),
+run.json (provenance) and model.pt (final weights). A checkpoint (checkpoint.pt) is
+written after every epoch and whenever the run is told to stop (SIGTERM/SIGINT/SIGURG,
+or the SLURM deadline drawing near); a restarted run resumes from it and ends with
+exactly the metrics of an uninterrupted run.
 
 Exit codes: 0 done (or, under SLURM, stopped early and the job requeued to go on);
 2 a failure running again cannot fix (arguments, devices, data, memory, a busy run
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     params, setup = parse_args(argv)
     configure_determinism(setup.threads)
     try:
-        devices, why = resolve_devices(params["devices"])
+        devices, why = resolve_devices(params["devices"], settings.stage_count(params))
         log(why)
         finished = train(params, setup, devices)
     except PERMANENT as err:
@@ -153,7 +153,7 @@ def out_of_memory_message(err: RuntimeError, params: dict) -> str:
     return (
         f"out of memory ({str(err).splitlines()[0]}). This run needs at least "
         f"{settings.working_memory_mb(params):,.0f} MB beyond torch and the data "
-        f"(train.hidden_size {params['hidden_size']}, train.batch_size "
+        f"(train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
         f"{params['batch_size']}): raise resources.train_model_parallel.mem_mb or lower them"
     )
 

@@ -21,25 +21,37 @@ def visible_cuda() -> str:
     )
 
 
-def resolve_devices(requested: str | list[str]) -> tuple[list[torch.device], str]:
-    """The stages' torch devices for the setting ("auto" or one device per stage) and a
-    line saying how they were chosen; DeviceError names what cannot be used."""
+def resolve_devices(requested: str | list[str], stages: int = 2) -> tuple[list[torch.device], str]:
+    """The torch devices of ``stages`` stages for the setting ("auto", one device per
+    stage, or one device for all) and a line saying how they were chosen; DeviceError
+    names what cannot be used.
+
+    auto: as many GPUs as stages visible -> one per stage; fewer -> the stages in
+    contiguous groups, one group per GPU (one GPU: all stages on it); none -> the CPU.
+    """
     if requested == "auto":
         count = torch.cuda.device_count()
-        if count >= 2:
-            names, why = ["cuda:0", "cuda:1"], f"{count} GPUs visible: one per stage"
+        every = "both stages" if stages == 2 else "every stage"
+        if count >= stages:
+            names = [f"cuda:{s}" for s in range(stages)]
+            why = f"{count} GPUs visible: one per stage"
         elif count == 1:
-            names, why = ["cuda:0", "cuda:0"], "one GPU visible: both stages on it"
+            names, why = ["cuda:0"] * stages, f"one GPU visible: {every} on it"
+        elif count > 1:
+            names = [f"cuda:{s * count // stages}" for s in range(stages)]
+            why = f"{count} GPUs visible for {stages} stages: neighbouring stages share one"
         else:
-            names, why = ["cpu", "cpu"], "no GPU visible: both stages on the CPU"
+            names, why = ["cpu"] * stages, f"no GPU visible: {every} on the CPU"
         return [torch.device(n) for n in names], f"devices: auto -> {names} ({why})"
-    if len(requested) not in (1, 2):
-        raise DeviceError(f"train.devices needs 1 or 2 devices, got {requested}")
+    if len(requested) not in (1, stages):
+        raise DeviceError(
+            f"train.devices needs 1 device or one per stage ({stages}), got {requested}"
+        )
     try:
         devices = [torch.device(name) for name in requested]
     except RuntimeError as err:
         raise DeviceError(f"train.devices: {err}") from None
-    devices = devices * 2 if len(devices) == 1 else devices
+    devices = devices * stages if len(devices) == 1 else devices
     for device in devices:
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise DeviceError(

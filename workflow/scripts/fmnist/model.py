@@ -1,7 +1,10 @@
-"""The tutorial's MLP as a list of pipeline stages, stage i on devices[i].
+"""The tutorial's MLP, generalised to N stages: stage i on devices[i].
 
-Stage 0 is Linear(784 -> hidden) + log_softmax, stage 1 Linear(hidden -> 10): the
-tutorial's SeqNet, whose activations move from device to device between the stages.
+The layers are Linear(784 -> h1), ..., Linear(hk -> 10), with the activation after every
+Linear but the last; stage i holds a contiguous block of them (train.stage_split,
+fmnist.settings.stage_split). With the defaults (hidden_sizes [200], log_softmax, two
+stages) this is the tutorial's SeqNet: Linear(784 -> 200) + log_softmax, then
+Linear(200 -> 10), whose activations move from device to device between the stages.
 """
 
 from __future__ import annotations
@@ -14,24 +17,66 @@ from .idx import IMAGE_SIDE, NUM_CLASSES
 
 INPUT_SIZE = IMAGE_SIDE * IMAGE_SIDE
 OUTPUT_SIZE = NUM_CLASSES
+ACTIVATIONS = {"log_softmax": lambda: nn.LogSoftmax(dim=1), "relu": nn.ReLU}
 
 
 class ModelParallelMLP(nn.Module):
-    """The tutorial's SeqNet as a list of stages, stage i on devices[i]."""
+    """The MLP as a list of stages, stage i on devices[i].
 
-    def __init__(self, hidden_size: int, devices: list[torch.device]):
+    ``hidden_sizes`` is the width of each hidden layer, ``split`` the number of layers of
+    each stage (default: one stage per layer). A stage is an nn.Sequential of its Linears
+    and activations, or the bare Linear when that is all it holds, so the tutorial's model
+    keeps its parameter names (stages.0.0.weight, stages.0.0.bias, stages.1.weight,
+    stages.1.bias). The layers are made in order, on the CPU, before any moves to a device:
+    the initial weights depend on the seed alone, not on the split or the devices.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: int | list[int],
+        devices: list[torch.device],
+        split: list[int] | None = None,
+        activation: str = "log_softmax",
+    ):
         super().__init__()
-        first = nn.Sequential(nn.Linear(INPUT_SIZE, hidden_size), nn.LogSoftmax(dim=1))
-        second = nn.Linear(hidden_size, OUTPUT_SIZE)
-        # Built on the CPU first so the initial weights do not depend on the devices.
-        self.stages = nn.ModuleList([first.to(devices[0]), second.to(devices[1])])
+        if isinstance(hidden_sizes, int):
+            hidden_sizes = [hidden_sizes]
+        sizes = [INPUT_SIZE, *hidden_sizes, OUTPUT_SIZE]
+        layers = len(sizes) - 1
+        split = list(split) if split is not None else [1] * len(devices)
+        if sum(split) != layers or len(split) != len(devices) or min(split) < 1:
+            raise ValueError(
+                f"stage split {split} over {len(devices)} devices does not fit {layers} layers"
+            )
+        modules = []
+        for i in range(layers):
+            modules.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < layers - 1:
+                modules.append(ACTIVATIONS[activation]())
+        stages, start = [], 0
+        for count in split:
+            end = start + 2 * count  # each layer is a Linear and its activation ...
+            block = modules[start : min(end, len(modules))]  # ... but the last has none
+            stages.append(block[0] if len(block) == 1 else nn.Sequential(*block))
+            start = end
+        self.stages = nn.ModuleList([s.to(d) for s, d in zip(stages, devices)])
         self.devices = list(devices)
+        self.split = split
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x, 1)
         for stage, device in zip(self.stages, self.devices):
             x = stage(to_stage(x, device))
         return x
+
+
+def model_for(params: dict, devices: list[torch.device]) -> ModelParallelMLP:
+    """The run's model (train.hidden_sizes, train.activation, train.stage_split)."""
+    from .settings import stage_split
+
+    return ModelParallelMLP(
+        params["hidden_sizes"], devices, stage_split(params), params["activation"]
+    )
 
 
 def to_stage(x: torch.Tensor, device: torch.device) -> torch.Tensor:

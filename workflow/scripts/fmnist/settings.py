@@ -43,11 +43,19 @@ def integer_keys(node: dict = CONFIG_SCHEMA) -> set[str]:
     """Names of every setting the schema types as an integer (JSON Schema also takes 2.0)."""
     keys = set()
     for key, child in node.get("properties", {}).items():
-        if child.get("type") == "integer":
+        if child.get("type") == "integer" or _integer_items(child):
             keys.add(key)
         for branch in [child, *child.get("oneOf", [])]:
             keys |= integer_keys(branch)
     return keys
+
+
+def _integer_items(entry: dict) -> bool:
+    """Whether a setting is a list of integers (train.hidden_sizes, train.stage_split)."""
+    return any(
+        branch.get("type") == "array" and branch.get("items", {}).get("type") == "integer"
+        for branch in entry.get("oneOf", [entry])
+    )
 
 
 def check_value(key: str, value, where: str = "train") -> None:
@@ -56,11 +64,83 @@ def check_value(key: str, value, where: str = "train") -> None:
         raise SettingError(f"{where}.{key}: {value} is not a finite number")
     if isinstance(value, float) and TRAIN_SCHEMA[key].get("type") == "integer":
         raise SettingError(f"{where}.{key}: {value} must be written as an integer")
+    if isinstance(value, list) and _integer_items(TRAIN_SCHEMA[key]):
+        for item in value:
+            if isinstance(item, float):
+                raise SettingError(f"{where}.{key}: {item} must be written as an integer")
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(TRAIN_SCHEMA[key]).iter_errors(value)
     )
     if error is not None:
         raise SettingError(f"{where}.{key}: {error.message}")
+
+
+# ------------------------------------------------------------- layers and stages
+
+
+def layer_shapes(params: dict) -> list[tuple[int, int]]:
+    """(in, out) of each Linear: 784 -> hidden_sizes... -> 10."""
+    sizes = [IMAGE_SIDE * IMAGE_SIDE, *params["hidden_sizes"], NUM_CLASSES]
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+def layer_flops(params: dict) -> list[int]:
+    """Each Linear's forward FLOPs per sample, 2 * in * out (what balancing weighs)."""
+    return [2 * i * o for i, o in layer_shapes(params)]
+
+
+def stage_count(params: dict) -> int:
+    """How many stages: train.stage_split's length if given, else one per listed device
+    (two or more), else (auto, or one device for all) the tutorial's two."""
+    split, devices = params["stage_split"], params["devices"]
+    if isinstance(split, list):
+        return len(split)
+    if isinstance(devices, list) and len(devices) > 1:
+        return len(devices)
+    return 2  # hidden_sizes has at least one entry: at least two layers
+
+
+def balanced_split(costs: list[int], stages: int) -> list[int]:
+    """Layers per stage: contiguous blocks that minimise the costliest stage (ties: the
+    split whose layer counts come first in order)."""
+    n = len(costs)
+    best: dict[tuple[int, int], tuple[int, list[int]]] = {(0, 0): (0, [])}
+    for k in range(1, stages + 1):
+        for end in range(k, n - (stages - k) + 1):
+            candidates = []
+            for start in range(k - 1, end):
+                if (k - 1, start) in best:
+                    worst, counts = best[(k - 1, start)]
+                    candidates.append((max(worst, sum(costs[start:end])), [*counts, end - start]))
+            best[(k, end)] = min(candidates)
+    return best[(stages, n)][1]
+
+
+def stage_split(params: dict) -> list[int]:
+    """The number of layers of each stage, in order (checked by check_run_params)."""
+    split = params["stage_split"]
+    if isinstance(split, list):
+        return list(split)
+    return balanced_split(layer_flops(params), stage_count(params))
+
+
+def check_stages(params: dict) -> None:
+    layers = len(layer_shapes(params))
+    model = f"train.hidden_sizes {params['hidden_sizes']} makes {layers} layers"
+    split, devices = params["stage_split"], params["devices"]
+    if isinstance(split, list):
+        if sum(split) != layers:
+            raise SettingError(f"train.stage_split {split} assigns {sum(split)} layers; {model}")
+        if isinstance(devices, list) and len(devices) > 1 and len(devices) != len(split):
+            raise SettingError(
+                f"train.devices lists {len(devices)} devices but train.stage_split {split} "
+                f"makes {len(split)} stages: give one device per stage (or one for all)"
+            )
+    elif stage_count(params) > layers:
+        raise SettingError(
+            f"train.devices lists {len(devices)} devices, one per stage, but {model}: "
+            f"a stage needs at least one layer"
+        )
 
 
 def check_run_params(params: dict) -> None:
@@ -70,15 +150,18 @@ def check_run_params(params: dict) -> None:
             f"train.microbatches ({params['microbatches']}) exceeds "
             f"train.batch_size ({params['batch_size']})"
         )
+    check_stages(params)
 
 
 def working_memory_mb(params: dict) -> float:
     """A lower bound of what training a run holds beyond the interpreter and the data:
     parameters with their gradient and Adam's two moments (x4, float32), and one batch's
     activations and their gradients (x4). The step's own buffers and torch itself add more."""
-    hidden, batch = params["hidden_size"], params["batch_size"]
-    weights = (IMAGE_SIDE * IMAGE_SIDE + 1) * hidden + (hidden + 1) * NUM_CLASSES
-    activations = batch * (IMAGE_SIDE * IMAGE_SIDE + 2 * hidden + 2 * NUM_CLASSES)
+    batch = params["batch_size"]
+    weights = sum((i + 1) * o for i, o in layer_shapes(params))
+    activations = batch * (
+        IMAGE_SIDE * IMAGE_SIDE + 2 * sum(params["hidden_sizes"]) + 2 * NUM_CLASSES
+    )
     return 4 * 4 * (weights + activations) / 2**20
 
 
@@ -88,7 +171,7 @@ def check_memory(params: dict, mem_mb: int, run: str) -> None:
     if needed > mem_mb:
         raise SettingError(
             f"run {run} needs at least {needed:,.0f} MB for its weights, optimizer state and "
-            f"one batch (train.hidden_size {params['hidden_size']}, train.batch_size "
+            f"one batch (train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
             f"{params['batch_size']}), more than resources.train_model_parallel.mem_mb "
             f"({mem_mb}); lower them or raise mem_mb"
         )
@@ -116,6 +199,30 @@ def _is_list(entry: dict) -> bool:
     return any(branch.get("type") == "array" for branch in entry.get("oneOf", [entry]))
 
 
+def _list_word(entry: dict) -> str | None:
+    """The word a list setting takes instead of a list (devices: auto), if any."""
+    return next((b["const"] for b in entry.get("oneOf", []) if "const" in b), None)
+
+
+def _item_parser(key: str, entry: dict):
+    """argparse type= for one item of a list setting (integers parsed, words kept)."""
+    array = next(b for b in entry.get("oneOf", [entry]) if b.get("type") == "array")
+    if array["items"].get("type") != "integer":
+        return str
+    word = _list_word(entry)
+
+    def convert(text: str):
+        if text == word:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"train.{key}: {text!r} is not an integer") from None
+
+    convert.__name__ = "integer"
+    return convert
+
+
 def _scalar_parser(key: str, entry: dict):
     """argparse type= for one scalar setting: parse the text, then check it against the schema."""
     parse = {"integer": int, "number": float}.get(entry.get("type"), str)
@@ -141,7 +248,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         if entry.get("type") == "boolean":
             kwargs = {"action": argparse.BooleanOptionalAction}
         elif _is_list(entry):
-            kwargs = {"nargs": "+"}  # checked as a whole in params_from_args
+            kwargs = {"nargs": "+", "type": _item_parser(key, entry)}  # checked as a whole
             default = [default] if isinstance(default, str) else default
         elif "enum" in entry:
             kwargs = {"choices": entry["enum"]}
@@ -155,8 +262,11 @@ def params_from_args(args: argparse.Namespace) -> dict:
     params = {}
     for key, entry in TRAIN_SCHEMA.items():
         value = getattr(args, key)
-        if _is_list(entry) and isinstance(value, list) and len(value) == 1 and value[0] == "auto":
-            value = "auto"  # the list option's spelling of the config's word
+        if _is_list(entry):
+            if len(value) == 1 and value[0] == _list_word(entry):
+                value = value[0]  # the list option's spelling of the config's word
+            if _integer_items(entry):  # devices: resolve_devices names what is wrong
+                check_value(key, value)
         params[key] = value
     check_run_params(params)
     return params

@@ -41,12 +41,28 @@ class AutogradStep:
         loss_out.copy_(loss.detach())
 
 
+def is_tutorial_layout(model: ModelParallelMLP) -> bool:
+    """The tutorial's two stages: Linear + log_softmax, then Linear (what TrainStep writes out)."""
+    if len(model.stages) != 2 or not isinstance(model.stages[1], torch.nn.Linear):
+        return False
+    first = model.stages[0]
+    return (
+        isinstance(first, torch.nn.Sequential)
+        and len(first) == 2
+        and isinstance(first[0], torch.nn.Linear)
+        and isinstance(first[1], torch.nn.LogSoftmax)
+        and first[1].dim == 1
+    )
+
+
 def make_step(model: ModelParallelMLP, optimizer, batch_size: int, params: dict):
-    """The kernel-level step where train.cpu_step asks for it and every stage is on the
-    CPU, the only place tests can prove it bitwise equal to autograd; else autograd."""
+    """The kernel-level step where train.cpu_step asks for it, every stage is on the CPU
+    (the only place tests can prove it bitwise equal to autograd) and the model has the
+    tutorial's two-stage layout (the only one it is written for); else autograd. run.json
+    records which (setup.train_step)."""
     microbatches = params["microbatches"]
     on_cpu = all(device.type == "cpu" for device in model.devices)
-    if on_cpu and params["cpu_step"] == "kernels":
+    if on_cpu and params["cpu_step"] == "kernels" and is_tutorial_layout(model):
         from .kernel_step import TrainStep  # private ATen calls: only where they run
 
         return TrainStep(model, optimizer, batch_size, microbatches)

@@ -24,7 +24,7 @@ from .data import BatchMaker, DeviceData, scale_pixels_
 from .devices import synchronized_elapsed
 from .files import atomic_write, exclusive_lock, remove_stale_temporaries
 from .idx import verify_data
-from .model import ModelParallelMLP
+from .model import model_for
 from .steps import make_optimizer, make_step
 
 EVAL_CHUNK = 1000
@@ -66,7 +66,7 @@ class Trainer:
         self.num_batches = math.ceil(len(self.train) / batch_size)
 
         torch.manual_seed(params["seed"])
-        self.model = ModelParallelMLP(params["hidden_size"], devices)
+        self.model = model_for(params, devices)
         self.optimizer = make_optimizer(self.model, params)
         self.step = make_step(self.model, self.optimizer, batch_size, params)
         self.shuffle = torch.Generator().manual_seed(params["seed"])
