@@ -81,8 +81,10 @@ def test_slurm_job_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("SLURM_GPUS", "2")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("SLURM_CLUSTER_NAME", "hpc1")
     assert cluster.slurm_job() == {
         "job_id": "42",
+        "cluster": "hpc1",
         "partition": "gpu",
         "node": "node7",
         "account": None,

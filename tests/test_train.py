@@ -521,6 +521,8 @@ def test_run_json_provenance(runs, synthetic_data):
     finished = dt.datetime.fromisoformat(attempt["finished"])
     assert started.tzinfo is not None and started <= finished
     assert len(attempt["device_names"]) == 2
+    assert attempt["cpu_name"] == attempt["device_names"][0]  # both stages on the CPU
+    assert attempt["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert attempt["cuda_visible_devices"] == ""
     assert attempt["slurm"] is None
     # Each fact once: nothing of the attempts is copied to the top level.

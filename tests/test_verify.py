@@ -248,10 +248,10 @@ def test_the_options_are_the_training_rules(tmp_path, monkeypatch):
 
 def test_a_colleagues_runs_are_rerun_with_their_recorded_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    theirs = {**PARAMS, "lr": 0.05, "hidden_size": 64}
+    theirs = {**PARAMS, "lr": 0.05, "hidden_sizes": [64]}
     for name in ("x", "y"):
         folder = write_run_folder(
-            tmp_path / "their/runs", name, ROWS, theirs, swept=["hidden_size"]
+            tmp_path / "their/runs", name, ROWS, theirs, swept=["hidden_sizes"]
         )
         torch.save(weights(), folder / runfiles.MODEL_FILE)
     other = plan("all", "their/runs")
@@ -260,7 +260,7 @@ def test_a_colleagues_runs_are_rerun_with_their_recorded_settings(tmp_path, monk
     assert words[words.index("--lr") + 1] == "0.05" and words[-3:] == [
         "y",
         "--swept",
-        "hidden_size",
+        "hidden_sizes",
     ]
     assert other.original_files()[:3] == [
         f"their/runs/x/{n}" for n in ("epochs.csv", "run.json", "model.pt")

@@ -96,6 +96,7 @@ def slurm_job() -> dict | None:
         return None
     return {
         "job_id": os.environ["SLURM_JOB_ID"],
+        "cluster": os.environ.get("SLURM_CLUSTER_NAME"),
         "partition": os.environ.get("SLURM_JOB_PARTITION"),
         "node": os.environ.get("SLURMD_NODENAME"),
         "account": os.environ.get("SLURM_JOB_ACCOUNT"),

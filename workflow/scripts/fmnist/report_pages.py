@@ -145,12 +145,23 @@ def _values(runs: pd.DataFrame, column: str) -> list[str]:
     return [v.replace(",", "+") for v in values] if column == "devices" else values
 
 
+def model_text(fixed: dict) -> str:
+    """The model in words: the tutorial's layers, or the widths of a deeper one."""
+    widths = fixed.get("hidden_sizes", "H").split(",")
+    activation = fixed.get("activation", "log_softmax")
+    if len(widths) == 1:
+        layers = f"Linear 784→{widths[0]}, {activation}, Linear {widths[0]}→10"
+    else:
+        layers = f"Linear layers 784→{'→'.join(widths)}→10 with {activation} between them"
+    return f"the tutorial's model-parallel MLP ({layers}, its stages on their own devices)"
+
+
 def describe_runs(runs: pd.DataFrame) -> str:
     """What was run: how many runs, configurations and seeds, the model and its settings,
     what the sweep varied."""
-    values = {c: _values(runs, c) for c in ("hidden_size", "lr", "batch_size", "epochs")}
+    columns = ("hidden_sizes", "activation", "lr", "batch_size", "epochs")
+    values = {c: _values(runs, c) for c in columns}
     fixed = {c: v[0] for c, v in values.items() if len(v) == 1}
-    hidden = fixed.get("hidden_size", "H")
     settings = [
         f"batch {fixed['batch_size']}" if "batch_size" in fixed else "",
         f"{fixed['epochs']} epochs" if "epochs" in fixed else "",
@@ -165,11 +176,7 @@ def describe_runs(runs: pd.DataFrame) -> str:
     configs = runs["configuration"].nunique()
     counts = f"{statement.plural(len(runs), 'run')} ({statement.plural(configs, 'configuration')}"
     counts += f" × {statement.plural(len(seeds), 'seed')}: {', '.join(seeds)})" if seeds else ")"
-    model = (
-        f"the tutorial's model-parallel MLP (Linear 784→{hidden}, log_softmax, Linear "
-        f"{hidden}→10, one layer per device) trained with "
-        + ", ".join([optimizer, *filter(None, settings)])
-    )
+    model = f"{model_text(fixed)} trained with " + ", ".join([optimizer, *filter(None, settings)])
     sweep = f"; swept: {'; '.join(swept)}" if swept else ""
     return f"This report covers {counts} of {model}{sweep}."
 

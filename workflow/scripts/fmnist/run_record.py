@@ -70,6 +70,8 @@ def attempt_record(started: str, start_epoch: int, devices: list[torch.device]) 
         "start_epoch": start_epoch,
         "hostname": socket.gethostname(),
         "device_names": [device_name(d) for d in devices],
+        "cpu_name": device_name(torch.device("cpu")),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm": slurm_job(),
         "versions": versions(),
