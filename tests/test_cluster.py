@@ -111,14 +111,10 @@ def fake_slurm(tmp_path, monkeypatch, state: str, requeue_status: int = 0):
     return calls
 
 
-def test_a_running_job_requeues_itself_without_the_begin_time_delay(tmp_path, monkeypatch):
+def test_a_running_job_requeues_itself(tmp_path, monkeypatch):
     calls = fake_slurm(tmp_path, monkeypatch, "RUNNING")
     assert requeue.requeue_self("stopped before its time limit")
-    assert calls.read_text().splitlines() == [
-        "squeue -h -j 42 -o %T",
-        "scontrol requeue 42",
-        "scontrol update JobId=42 StartTime=now",
-    ]
+    assert calls.read_text().splitlines() == ["squeue -h -j 42 -o %T", "scontrol requeue 42"]
 
 
 def test_a_job_slurm_is_ending_is_not_requeued(tmp_path, monkeypatch, capsys):

@@ -118,27 +118,25 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 400) -> subprocess.C
     return conftest.run_snakemake(workdir, *SLURM_FLAGS, *args, limit=timeout, env=slurm_env())
 
 
-def sacct(job_id: str, fields: str) -> list[str]:
+def sacct_rows(job_id: str, fields: str, *flags: str) -> list[list[str]]:
+    """sacct's allocation records of a job (with -D, a requeued job's earlier ones too)."""
     out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields],
+        ["sacct", "-X", "-n", "-P", *flags, "-j", job_id, "-o", fields],
         env=slurm_env(),
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return out.strip().split("|")
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def sacct(job_id: str, fields: str) -> list[str]:
+    return sacct_rows(job_id, fields)[-1]
 
 
 def sacct_history(job_id: str) -> list[str]:
-    """The job's state in each of its runs (sacct -D: a requeued job's earlier runs too)."""
-    out = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-D", "-j", job_id, "-o", "State"],
-        env=slurm_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.split()
+    """The job's state in each of its runs."""
+    return [state for (state,) in sacct_rows(job_id, "State", "-D")]
 
 
 @pytest.fixture
@@ -264,6 +262,44 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
     assert record["setup"]["data_md5"] == sums
     expected = metric_columns(reference_dir / "epochs.csv")
     assert metric_columns(run_dir / "epochs.csv") == expected
+    assert_compute_matches_sacct(workdir, job, len(attempts))
+
+
+def assert_compute_matches_sacct(workdir: Path, job: str, allocations: int) -> None:
+    """Every allocation of the requeued job is accounted for, as sacct -D reports it."""
+    records = sacct_rows(job, "ElapsedRaw,AllocTRES,State", "-D")
+    assert len(records) == allocations
+    rows = list(csv.DictReader((workdir / "results/tables/compute.csv").open()))
+    assert [int(float(r["wall_seconds"])) for r in rows] == [int(e) for e, _, _ in records]
+    assert [r["slurm_state"] for r in rows] == [state for _, _, state in records]
+    assert all("gres/gpu=2" in tres for _, tres, _ in records)
+    for row, (elapsed, _, _) in zip(rows, records):
+        assert float(row["alloc_gpus"]) == 2
+        assert float(row["gpu_hours"]) == pytest.approx(2 * int(elapsed) / 3600)
+        assert row["energy_joules"] == ""  # the test cluster measures no energy
+    (run,) = csv.DictReader((workdir / "results/tables/runs.csv").open())
+    assert float(run["gpu_hours"]) == pytest.approx(sum(float(r["gpu_hours"]) for r in rows))
+    assert run["compute_source"] == "sacct"
+    assert run["attempt_ends"].split(",")[-1] == "finished"
+    statement = (workdir / "results/tables/compute.md").read_text()
+    assert f"as SLURM jobs ({job})" in statement
+
+
+def test_verify_reruns_as_a_slurm_job(slurm_cluster, tmp_path):
+    """snakemake verify retrains the run through the same rule and resources: a SLURM job."""
+    workdir = copy_workflow(tmp_path / "wf")
+    overlay = write_overlay(workdir / "overlay.yaml", train={"devices": ["cpu", "cpu"]})
+    result = run_snakemake(workdir, "--configfile", str(overlay))
+    assert result.returncode == 0, result.stdout + result.stderr
+    verify = run_snakemake(workdir, "verify", "--configfile", str(overlay))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    (rerun_job,) = SUBMITTED.findall(verify.stderr)
+    (original,) = job_ids(workdir / "results/runs/base/run.json")
+    assert rerun_job != original
+    state, tres = sacct(rerun_job, "State,AllocTRES")
+    assert state == "COMPLETED" and "gres/gpu=2" in tres
+    (row,) = csv.DictReader((workdir / "results/verify/reproduction.csv").open())
+    assert row["verdict"] == "reproduced", row
 
 
 def start_reference(data_dir: Path, out_dir: Path, train: dict, *more: str) -> subprocess.Popen:

@@ -56,15 +56,7 @@ RUN_COLUMNS = [
     "attempts",
     "attempt_ends",
     "attempt_wall_seconds",
-    "wall_seconds",
-    "queue_wait_seconds",
-    "alloc_gpus",
-    "alloc_cpus",
-    "alloc_mem_mb",
-    "gpu_hours",
-    "cpu_hours",
-    "max_rss_mb",
-    "energy_joules",
+    *ATTEMPT_COLUMNS[ATTEMPT_COLUMNS.index("wall_seconds") :],
     "compute_source",
 ]
 """The compute columns of runs.csv (totals over the run's attempts; allocation of the last)."""

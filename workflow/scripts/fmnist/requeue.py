@@ -52,8 +52,8 @@ def requeue_self(why: str) -> bool:
     if done.returncode != 0:
         log(f"could not requeue SLURM job {job} ({done.stderr.strip()})")
         return False
-    # SLURM holds a requeued job back for a while (BeginTime); nothing here needs that.
-    scontrol("update", f"JobId={job}", "StartTime=now")
+    # SLURM then ends this allocation at once and holds the job back for about two minutes
+    # (Reason BeginTime); an update of its StartTime from here would never run.
     log(f"requeued SLURM job {job} ({why}); it goes on from the checkpoint when it starts again")
     return True
 
