@@ -131,7 +131,9 @@ def sacct_rows(job_id: str, fields: str, *flags: str) -> list[list[str]]:
 
 
 def sacct(job_id: str, fields: str) -> list[str]:
-    return sacct_rows(job_id, fields)[-1]
+    """The job's latest record; empty fields while accounting does not know the job yet."""
+    rows = sacct_rows(job_id, fields)
+    return rows[-1] if rows else [""] * len(fields.split(","))
 
 
 def sacct_history(job_id: str) -> list[str]:
