@@ -77,16 +77,20 @@ class Allocation:
         return max(0.0, (self.start - self.submit).total_seconds())
 
 
-def parse_size_mb(text: str) -> float:
-    """sacct's sizes (``1500M``, ``2.5G``, ``123456K``, bytes without a unit) in MB."""
+def _scaled(text: str, units: dict, what: str, suffix: str = "") -> float:
+    """A number with an optional unit letter (``units``), NaN when blank."""
     text = text.strip()
     if not text:
         return math.nan
-    match = re.fullmatch(r"([0-9.]+)([KMGTP]?)[nc]?", text)
+    match = re.fullmatch(rf"([0-9.]+)([{''.join(units)}]?){suffix}", text)
     if match is None:
-        raise SacctError(f"not a size: {text!r}")
-    number, unit = float(match[1]), match[2]
-    return number * _UNITS.get(unit, 1) / 2**20
+        raise SacctError(f"not {what}: {text!r}")
+    return float(match[1]) * units.get(match[2], 1)
+
+
+def parse_size_mb(text: str) -> float:
+    """sacct's sizes (``1500M``, ``2.5G``, ``123456K``, bytes without a unit) in MB."""
+    return _scaled(text, _UNITS, "a size", suffix="[nc]?") / 2**20
 
 
 def parse_energy_joules(text: str) -> float:
@@ -95,13 +99,7 @@ def parse_energy_joules(text: str) -> float:
     SLURM writes 0 for every step where no energy plugin runs (the test cluster's
     ``acct_gather_energy/none``), so 0 means "not measured" too, never "no energy".
     """
-    text = text.strip()
-    if not text:
-        return math.nan
-    match = re.fullmatch(r"([0-9.]+)([KMGT]?)", text)
-    if match is None:
-        raise SacctError(f"not an energy: {text!r}")
-    value = float(match[1]) * _ENERGY_UNITS.get(match[2], 1.0)
+    value = _scaled(text, _ENERGY_UNITS, "an energy")
     return value if value > 0 else math.nan
 
 
