@@ -41,11 +41,15 @@ def check_values(value, key):
 
 
 def build_runs(train, sweep):
-    """{run id: parameters} for the Cartesian product of the sweep over the base settings."""
+    """{run id: parameters} for the Cartesian product of the sweep over the base settings,
+    each run checked against the memory its job asks for."""
     try:
-        return sweep_runs(train, sweep)
+        runs = sweep_runs(train, sweep)
+        for name, params in runs.items():
+            settings.check_memory(params, TRAIN_RESOURCES["mem_mb"], name)
     except settings.SettingError as err:
         raise WorkflowError(f"invalid config: {err}") from None
+    return runs
 
 
 def check_time_limit(resources):
@@ -78,20 +82,11 @@ def check_data_dir(data):
             )
 
 
-def check_memory(runs):
-    for name, params in runs.items():
-        try:
-            settings.check_memory(params, TRAIN_RESOURCES["mem_mb"], name)
-        except settings.SettingError as err:
-            raise WorkflowError(f"invalid config: {err}") from None
-
-
 # A cancelled job ("CANCELLED by <uid>" in sacct) must end the wait (fmnist/slurm_plugin.py).
 normalise_job_states()
 check_values(config, "")
 check_data_dir(config["data"])
 RUNS = build_runs(config["train"], config["sweep"])
-check_memory(RUNS)
 check_time_limit(TRAIN_RESOURCES)
 
 
