@@ -145,3 +145,18 @@ def test_the_failure_budget_of_a_run(tmp_path):
     assert [requeue.take_failure_requeue(run, 2) for _ in range(3)] == [True, True, False]
     assert (run / requeue.FAILURE_COUNT_FILE).read_text() == "2\n"
     assert not requeue.take_failure_requeue(tmp_path / "other", 0)
+
+
+def test_a_failure_outside_slurm_is_neither_requeued_nor_counted(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not requeue.requeue_after_failure(tmp_path, 2, "failed with OSError")
+    assert not (tmp_path / requeue.FAILURE_COUNT_FILE).exists()
+
+
+def test_a_failure_under_slurm_is_counted_and_requeued(tmp_path, monkeypatch):
+    calls = fake_slurm(tmp_path, monkeypatch, "RUNNING")
+    run = tmp_path / "run"
+    assert requeue.requeue_after_failure(run, 1, "failed with OSError")
+    assert "scontrol requeue 42" in calls.read_text()
+    assert not requeue.requeue_after_failure(run, 1, "failed with OSError")  # budget spent
+    assert calls.read_text().count("scontrol requeue 42") == 1

@@ -28,7 +28,7 @@ from fmnist.console import log
 from fmnist.devices import DeviceError, resolve_devices
 from fmnist.files import LockedError
 from fmnist.idx import DataError, IdxFormatError, read_md5_file
-from fmnist.requeue import FAILURE_COUNT_FILE, requeue_self, take_failure_requeue
+from fmnist.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
 from fmnist.runfiles import RunFileError
 from fmnist.trainer import (
     EXIT_RESUMABLE,
@@ -138,10 +138,10 @@ def main(argv=None) -> int:
 def requeue_or_raise(setup: RunSetup, err: Exception) -> int:
     """An unexpected failure may be transient (a node, a file system): under SLURM, requeue
     the job while the run's failure budget lasts (--failure-requeues), else fail (exit 1)."""
-    if take_failure_requeue(setup.out_dir, setup.failure_requeues):
-        traceback.print_exc()
-        if requeue_self(f"failed with {type(err).__name__}"):
-            return 0
+    why = f"failed with {type(err).__name__}"
+    if requeue_after_failure(setup.out_dir, setup.failure_requeues, why):
+        traceback.print_exception(err)
+        return 0
     raise err
 
 

@@ -58,6 +58,14 @@ def requeue_self(why: str) -> bool:
     return True
 
 
+def requeue_after_failure(run_dir: Path, budget: int, why: str) -> bool:
+    """Under SLURM, requeue after a failure while the run's ``budget`` lasts; outside SLURM
+    nothing is requeued and nothing is counted."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return False
+    return take_failure_requeue(run_dir, budget) and requeue_self(why)
+
+
 def take_failure_requeue(run_dir: Path, budget: int) -> bool:
     """Count one more failure of this run against ``budget``; False once it is spent."""
     path = run_dir / FAILURE_COUNT_FILE
