@@ -1,9 +1,15 @@
 from fmnist.labels import run_labels
 
+# Every run's pipeline timeline (rule plot_pipeline_timeline), for `rule all` to ask for.
+PIPELINE_FIGURES = expand(
+    "results/figures/pipeline/{run}.{ext}", run=RUNS, ext=["png", "pdf"]
+)
+
 
 localrules:
     gather_epoch_logs,
     plot_loss_curves,
+    plot_pipeline_timeline,
 
 
 rule gather_epoch_logs:
@@ -172,3 +178,35 @@ rule plot_loss_curves:
     shell:
         "python {params.script:q} --epochs {input.epochs:q} --runs {input.runs:q}"
         " --out-dir {params.out_dir:q} > {log} 2>&1"
+
+
+# One figure per run, from the passes training timed in a few steps of epoch 1.
+rule plot_pipeline_timeline:
+    input:
+        timeline="results/runs/{run}/timeline.csv",
+        provenance="results/runs/{run}/run.json",
+    output:
+        png=report(
+            "results/figures/pipeline/{run}.png",
+            caption="../report/pipeline.rst",
+            category="Pipeline",
+            subcategory="{run}",
+        ),
+        pdf="results/figures/pipeline/{run}.pdf",
+    log:
+        "results/logs/plot_pipeline_timeline/{run}.log",
+    benchmark:
+        "results/benchmarks/plot_pipeline_timeline/{run}.tsv"
+    wildcard_constraints:
+        # A run is one folder of results/runs.
+        run="[^/]+",
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        script=script_path("plot_timeline.py"),
+    shell:
+        "python {params.script:q} --timeline {input.timeline:q} --run-json {input.provenance:q}"
+        " --png {output.png:q} --pdf {output.pdf:q} > {log} 2>&1"
