@@ -43,7 +43,7 @@ def _trainer(data_dir, out_dir, adam_impl, microbatches, batch_size, autograd):
     list(itertools.product(["for_loop", "foreach", "fused"], [1, 3])) + [("for_loop", 64)],
 )
 def test_train_step_is_bitwise_the_autograd_step(synthetic_data, tmp_path, adam_impl, microbatches):
-    """TrainStep (used for training) and AutogradStep (pipelined_loss, backward,
+    """TrainStep (used for training) and AutogradStep (pipelined_backward,
     optimizer.step) give the same losses, weights and optimizer state, to the bit,
     over two epochs of 32 batches, the last one short (2000 = 31 x 64 + 16)."""
     threads = torch.get_num_threads()

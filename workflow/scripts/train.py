@@ -9,6 +9,10 @@ written after every epoch and whenever the run is told to stop (SIGTERM/SIGINT/S
 or the SLURM deadline drawing near); a restarted run resumes from it and ends with
 exactly the metrics of an uninterrupted run.
 
+With train.engine distributed, this process starts one process per stage (torchrun
+locally, srun in a SLURM job: fmnist.launch) running this script with --as-rank, and
+waits for them; they train the run together (fmnist.pipeline).
+
 Exit codes: 0 done (or, under SLURM, stopped early and the job requeued to go on);
 2 a failure running again cannot fix (arguments, devices, data, memory, a busy run
 folder); 75 stopped early with a checkpoint saved (run again to resume); 1 anything
@@ -24,12 +28,13 @@ import traceback
 from pathlib import Path
 
 from fmnist import settings
-from fmnist.console import log
+from fmnist.console import log, quiet
 from fmnist.devices import DeviceError, resolve_devices
 from fmnist.files import LockedError
 from fmnist.idx import DataError, IdxFormatError, read_md5_file
+from fmnist.launch import EXIT_DIVERGED, launch_stages
 from fmnist.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
-from fmnist.runfiles import RunFileError
+from fmnist.runfiles import CHECKPOINT_FILE, RunFileError
 from fmnist.trainer import (
     EXIT_RESUMABLE,
     NonFiniteLossError,
@@ -76,6 +81,18 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         help="under SLURM, requeue the job after this many unexpected failures of the run at "
         "most (a time-limit stop never counts)",
     )
+    parser.add_argument(
+        "--process-group-timeout",
+        type=int,
+        default=300,
+        help="distributed engine: seconds a stage's process waits for the others at most",
+    )
+    parser.add_argument(
+        "--tasks-per-node",
+        type=int,
+        help="distributed engine under SLURM: stage processes per node (default: srun's)",
+    )
+    parser.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help="name recorded in run.json (default: out-dir's name)")
     parser.add_argument("--swept", nargs="*", default=[], help="parameters a sweep varies")
     args = parser.parse_args(argv)
@@ -98,6 +115,9 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         args.swept,
         expected_md5=expected,
         failure_requeues=args.failure_requeues,
+        process_group_timeout=args.process_group_timeout,
+        tasks_per_node=args.tasks_per_node,
+        stage_process=args.as_rank,
     )
     return params, setup
 
@@ -115,10 +135,15 @@ PERMANENT = (DeviceError, DataError, IdxFormatError, LockedError, RunFileError)
 def main(argv=None) -> int:
     params, setup = parse_args(argv)
     configure_determinism(setup.threads)
+    if setup.stage_process:
+        return run_stage_process(params, setup)
     try:
-        devices, why = resolve_devices(params["devices"], settings.stage_count(params))
-        log(why)
-        finished = train(params, setup, devices)
+        if params["engine"] == "distributed":
+            finished = run_stage_processes(params, setup, sys.argv[1:] if argv is None else argv)
+        else:
+            devices, why = resolve_devices(params["devices"], settings.stage_count(params))
+            log(why)
+            finished = train(params, setup, devices)
     except PERMANENT as err:
         fail(str(err))
     except NonFiniteLossError:
@@ -133,6 +158,55 @@ def main(argv=None) -> int:
         (setup.out_dir / FAILURE_COUNT_FILE).unlink(missing_ok=True)
         return 0
     return 0 if requeue_self("stopped before its time limit") else EXIT_RESUMABLE
+
+
+class StageProcessesFailed(RuntimeError):
+    """A stage's process failed in a way that may not happen again (its log says how)."""
+
+
+def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
+    """The distributed engine: start the stages' processes and wait for them; True if
+    the run is finished, False if they stopped early (they leave a checkpoint)."""
+    stages = settings.stage_count(params)
+    script = str(Path(__file__).resolve())
+    if params["devices"] == "auto":
+        import torch
+
+        wants_gpus = torch.cuda.device_count() > 0
+    else:
+        wants_gpus = any(name.startswith("cuda") for name in params["devices"])
+    status = launch_stages([script, *argv], stages, setup.threads, wants_gpus, setup.tasks_per_node)
+    if status == 2:
+        fail("a stage's process could not train this run (its error is above)")
+    if status == EXIT_DIVERGED:
+        raise NonFiniteLossError("a stage's process found a non-finite loss (see above)")
+    if status != 0:
+        raise StageProcessesFailed(f"a stage's process failed (exit status {status})")
+    return not (setup.out_dir / CHECKPOINT_FILE).exists()
+
+
+def run_stage_process(params: dict, setup: RunSetup) -> int:
+    """One stage's process: 0 when the run is finished or stopped with a checkpoint, 2 for
+    what running again cannot fix, 65 for a non-finite loss; else the error propagates."""
+    from fmnist import pipeline
+    from fmnist.ranks import RankEnvironment, start_process_group, stop_process_group
+
+    try:
+        env = RankEnvironment.from_environment()
+        if env.rank != 0:
+            quiet()
+        ctx = start_process_group(env, params["devices"], setup.process_group_timeout)
+        try:
+            pipeline.train(params, setup, ctx)
+        finally:
+            stop_process_group()
+    except PERMANENT as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    return 0
 
 
 def requeue_or_raise(setup: RunSetup, err: Exception) -> int:

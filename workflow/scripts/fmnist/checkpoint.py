@@ -35,12 +35,15 @@ def cpu_state(state):
     return state
 
 
-def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> str:
+def fingerprint(
+    params: dict, devices: list[torch.device], data_md5: dict, ranks: list[dict] | None = None
+) -> str:
     """What a checkpoint must match to be resumed exactly.
 
     Anything that changes the numbers: settings, data, the code, the devices and
     what they are (a retried job may land on another node type), the kernels' library
     versions and CPU instruction set, and the thread count (it changes how CPU matmuls sum).
+    ``ranks`` (the distributed engine) says what each stage's process runs on.
     """
     key = {
         "params": params,
@@ -53,6 +56,9 @@ def fingerprint(params: dict, devices: list[torch.device], data_md5: dict) -> st
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
+    if ranks is not None:
+        key["device_names"] = [r["device_name"] for r in ranks]
+        key["cpu_capability"] = [r["cpu_capability"] for r in ranks]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -69,6 +75,7 @@ STATE_KEYS = {
     "epoch_seconds_so_far",
     "history",
     "attempts",
+    "timeline",
 }
 """What Trainer.state_dict() holds: anything else in checkpoint.pt is not a checkpoint of ours."""
 

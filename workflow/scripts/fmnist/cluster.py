@@ -26,13 +26,16 @@ class StopWatch:
     a known end time it means stop.
     """
 
-    def __init__(self, margin_seconds: float):
+    def __init__(self, margin_seconds: float, watch_deadline: bool = True):
         self.margin = margin_seconds
         self.reason = None
         self.deadline = None
         self.recheck = False
-        self.previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-        self._read_deadline(first=True)
+        # Without the deadline (stage processes but rank 0's), SIGURG is left ignored.
+        signals = STOP_SIGNALS if watch_deadline else (signal.SIGTERM, signal.SIGINT)
+        self.previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
+        if watch_deadline:
+            self._read_deadline(first=True)
 
     def close(self) -> None:
         """Put back the signal handlers that were there before."""

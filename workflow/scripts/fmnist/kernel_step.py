@@ -8,6 +8,8 @@ runs where every stage is on the CPU and train.cpu_step is "kernels".
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from .kernel_adam import AdamUpdate
@@ -16,6 +18,7 @@ from .model import OUTPUT_SIZE, ModelParallelMLP
 # at::Reduction codes, as F.cross_entropy passes them to nll_loss.
 REDUCTION_MEAN, REDUCTION_SUM = 1, 2
 IGNORE_INDEX = -100
+_NOT_RECORDED = nullcontext()
 
 
 class _Chunk:
@@ -34,10 +37,10 @@ class TrainStep:
     It computes exactly what ``AutogradStep`` computes: the forward and backward
     passes call the ATen kernels that autograd calls for this model (addmm,
     _log_softmax, nll_loss and the backward formulas of derivatives.yaml, with the
-    same operand layouts), micro-batch gradients are summed in the order in which
-    the autograd engine sums them, and AdamUpdate performs torch.optim.Adam's
-    operations. What it drops is overhead: no autograd graph, no allocation per
-    batch (every intermediate and gradient is written with out= into buffers made
+    same operand layouts), micro-batch gradients are summed in the order of
+    pipelined_backward's backward passes (one per micro-batch, in order), and AdamUpdate
+    performs torch.optim.Adam's operations. What it drops is overhead: no autograd graph,
+    no allocation per batch (every intermediate and gradient is written with out= into buffers made
     once), no zero_grad (gradients are overwritten, not accumulated), no per-call
     optimizer bookkeeping, no host synchronisation.
     """
@@ -78,6 +81,7 @@ class TrainStep:
         self.total_weight = torch.empty(microbatches, dtype=torch.float32, device=d1)
         self.chunk_losses = torch.empty(microbatches, dtype=torch.float32, device=d1)
         self.plans: dict[int, tuple] = {}
+        self.timeline = None  # a fmnist.timeline.Timeline while steps are being recorded
 
     def attach_grads(self) -> None:
         for p, grad in self.grads.items():
@@ -105,40 +109,41 @@ class TrainStep:
         chunks, seed, reduction = self.plan(x.shape[0])
         self.attach_grads()
         with torch.no_grad():
-            if self.microbatches == 1:
-                (chunk,) = chunks
-                self.forward_stage0(chunk, x)
-                self.forward_stage1(chunk, y, reduction, loss_out)
-                self.backward_stage1(chunk, y, seed, reduction, first=True)
-                self.backward_stage0(chunk, x, first=True)
-            else:
-                self.pipelined(chunks, x, y, seed, reduction, loss_out)
+            self.pipelined(chunks, x, y, seed, reduction, loss_out)
         self.adam()
 
     def pipelined(self, chunks, x, y, seed, reduction, loss_out) -> None:
-        """GPipe: at tick t stage s works on chunk t - s; the backward pass in reverse."""
-        n = len(chunks)
+        """pipelined_backward's order: forward at tick t stage s on chunk t - s, then the
+        backward passes chunk by chunk in order (gradients accumulate in that order)."""
+        n, span = len(chunks), self.span
         xs = [x[c.rows] for c in chunks]
         ys = [y[c.rows] for c in chunks]
-        for tick in range(n + 1):  # the order of pipelined_loss
-            if tick < n:
-                self.forward_stage0(chunks[tick], xs[tick])
-            if tick > 0:
-                c = chunks[tick - 1]
-                self.forward_stage1(c, ys[tick - 1], reduction, c.loss)
-        # The autograd engine runs the nodes made last first: it starts at the last chunk.
         for tick in range(n + 1):
             if tick < n:
-                i = n - 1 - tick
-                self.backward_stage1(chunks[i], ys[i], seed, reduction, first=tick == 0)
+                with span(0, tick, "forward"):
+                    self.forward_stage0(chunks[tick], xs[tick])
             if tick > 0:
-                i = n - tick
-                self.backward_stage0(chunks[i], xs[i], first=tick == 1)
-        # pipelined_loss: (0 + loss_0 + loss_1 + ...) / rows
-        loss_out.copy_(chunks[0].loss)
+                c = chunks[tick - 1]
+                with span(1, tick - 1, "forward"):
+                    self.forward_stage1(c, ys[tick - 1], reduction, c.loss)
+        for i, c in enumerate(chunks):
+            with span(1, i, "backward"):
+                self.backward_stage1(c, ys[i], seed, reduction, first=i == 0)
+            with span(0, i, "backward"):
+                self.backward_stage0(c, xs[i], first=i == 0)
+        if n == 1:  # the tutorial's mean
+            loss_out.copy_(chunks[0].loss)
+            return
+        # microbatch_loss and pipelined_backward: 0 + sum_0 / rows + sum_1 / rows + ...
+        loss_out.copy_(chunks[0].loss.div_(x.shape[0]))
         for chunk in chunks[1:]:
-            loss_out.add_(chunk.loss)
-        loss_out.div_(x.shape[0])
+            loss_out.add_(chunk.loss.div_(x.shape[0]))
+
+    def span(self, stage: int, microbatch: int, phase: str):
+        """Where a Timeline records the step, its span; else nothing."""
+        if self.timeline is None:
+            return _NOT_RECORDED
+        return self.timeline.span(stage, microbatch, phase)
 
     def forward_stage0(self, c: _Chunk, x) -> None:
         torch.addmm(self.b1, x, self.w1t, out=c.h)

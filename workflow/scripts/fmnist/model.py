@@ -9,6 +9,8 @@ Linear(200 -> 10), whose activations move from device to device between the stag
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,25 +87,47 @@ def to_stage(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=device.type == "cuda")
 
 
-def pipelined_loss(model: ModelParallelMLP, x, y, microbatches: int) -> torch.Tensor:
-    """Mean cross-entropy of the batch, computed GPipe-style over micro-batches.
+def microbatch_loss(out: torch.Tensor, target: torch.Tensor, rows: int, microbatches: int):
+    """What one micro-batch adds to the loss of a batch of ``rows`` rows.
 
-    At tick t stage s works on chunk t - s, so stage 0 already computes chunk i+1
-    while stage 1 computes chunk i; on GPUs both devices' queues stay busy.
-    With one micro-batch this is exactly the tutorial's schedule and loss.
+    One micro-batch: the tutorial's mean cross-entropy. Several: the micro-batch's summed
+    cross-entropy divided by the batch's rows, so that the micro-batches' losses, and their
+    gradients, add up to the batch mean whatever their sizes. Both engines use it (the
+    distributed one as its schedules' loss_fn, with their gradient scaling off), and both
+    run the backward passes one micro-batch at a time in order: the same arithmetic, so the
+    same bits.
     """
     if microbatches == 1:
-        return F.cross_entropy(model(x), y)
-    activations = list(torch.flatten(x, 1).chunk(microbatches))
+        return F.cross_entropy(out, target)
+    return F.cross_entropy(out, target, reduction="sum") / rows
+
+
+def pipelined_backward(model: ModelParallelMLP, x, y, microbatches: int, timeline=None):
+    """Forward and backward passes of a batch, GPipe-style over micro-batches; its loss.
+
+    At tick t stage s works on chunk t - s, so stage 0 already computes chunk i+1 while
+    stage 1 computes chunk i; on GPUs both devices' queues stay busy. The backward passes
+    then run chunk by chunk in order, as torch.distributed.pipelining runs them, so the
+    gradients accumulate in the same order. With one micro-batch this is exactly the
+    tutorial's step and loss. ``timeline`` (fmnist.timeline.Timeline) records when each
+    stage worked on each chunk.
+    """
+    chunks = list(torch.flatten(x, 1).chunk(microbatches))
     stages = len(model.stages)
-    for tick in range(len(activations) + stages - 1):
+    outputs = [[] for _ in chunks]  # per chunk, each stage's output
+    for tick in range(len(chunks) + stages - 1):
         for s in range(stages):
             i = tick - s
-            if 0 <= i < len(activations):
-                h = to_stage(activations[i], model.devices[s])
-                activations[i] = model.stages[s](h)
-    total = sum(
-        F.cross_entropy(out, target, reduction="sum")
-        for out, target in zip(activations, y.chunk(len(activations)))
-    )
-    return total / x.shape[0]
+            if 0 <= i < len(chunks):
+                h = to_stage(chunks[i] if s == 0 else outputs[i][-1], model.devices[s])
+                with timeline.span(s, i, "forward") if timeline else nullcontext():
+                    outputs[i].append(model.stages[s](h))
+    total = 0
+    for i, (out, target) in enumerate(zip(outputs, y.chunk(len(chunks)))):
+        loss = microbatch_loss(out[-1], target, x.shape[0], microbatches)
+        if timeline:
+            timeline.backward(loss, out, i)
+        else:
+            loss.backward()
+        total = total + loss.detach()
+    return total

@@ -151,6 +151,30 @@ def check_run_params(params: dict) -> None:
             f"train.batch_size ({params['batch_size']})"
         )
     check_stages(params)
+    if params["engine"] == "distributed":
+        check_distributed(params)
+
+
+def check_distributed(params: dict) -> None:
+    """What the distributed engine needs: stages to put in processes, and equal
+    micro-batches (a pipeline stage receives tensors of the one shape it was set up for)."""
+    if stage_count(params) < 2:
+        raise SettingError(
+            "train.engine distributed runs one process per stage, but this model has one "
+            "stage: list a device per stage in train.devices or give train.stage_split"
+        )
+    devices = params["devices"]
+    if devices != "auto" and len({name.split(":")[0] for name in devices}) > 1:
+        raise SettingError(
+            f"train.engine distributed needs every stage on the same kind of device "
+            f"(its processes talk over NCCL between GPUs or gloo between CPUs), got {devices}"
+        )
+    batch, micro = params["batch_size"], params["microbatches"]
+    if batch % micro:
+        raise SettingError(
+            f"train.engine distributed needs train.batch_size ({batch}) to be a multiple "
+            f"of train.microbatches ({micro}): every micro-batch has the same size"
+        )
 
 
 def working_memory_mb(params: dict) -> float:

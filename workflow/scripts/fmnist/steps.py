@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import ModelParallelMLP, pipelined_loss
+from .model import ModelParallelMLP, pipelined_backward
 
 # torch.optim.Adam's implementations, by the names train.adam_impl gives them.
 ADAM_IMPLS = {
@@ -32,13 +32,13 @@ class AutogradStep:
 
     def __init__(self, model: ModelParallelMLP, optimizer, microbatches: int):
         self.model, self.optimizer, self.microbatches = model, optimizer, microbatches
+        self.timeline = None  # a fmnist.timeline.Timeline while steps are being recorded
 
     def __call__(self, x, y, loss_out: torch.Tensor) -> None:
         self.optimizer.zero_grad()
-        loss = pipelined_loss(self.model, x, y, self.microbatches)
-        loss.backward()
+        loss = pipelined_backward(self.model, x, y, self.microbatches, self.timeline)
         self.optimizer.step()
-        loss_out.copy_(loss.detach())
+        loss_out.copy_(loss)
 
 
 def is_tutorial_layout(model: ModelParallelMLP) -> bool:

@@ -26,6 +26,7 @@ from .files import atomic_write, exclusive_lock, remove_stale_temporaries
 from .idx import verify_data
 from .model import model_for
 from .steps import make_optimizer, make_step
+from .timeline import Timeline, window, write_timeline
 
 EVAL_CHUNK = 1000
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
@@ -44,6 +45,9 @@ class RunSetup:
     swept: tuple[str, ...] = ()
     expected_md5: dict | None = None  # the four files' sums, checked before training
     failure_requeues: int = 0  # under SLURM: unexpected failures requeued at most
+    process_group_timeout: int = 300  # distributed engine: seconds to wait for a peer
+    tasks_per_node: int | None = None  # distributed engine under SLURM
+    stage_process: bool = False  # this process is one stage's (started by fmnist.launch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,6 +82,7 @@ class Trainer:
         self.batch_losses = torch.zeros(self.num_batches, dtype=torch.float32, device=devices[-1])
         self.batches_done = 0
         self.epoch_seconds_so_far = 0.0
+        self.timeline_rows: list[dict] = []  # timeline.csv, once its window has run
 
     # -- checkpoint state --------------------------------------------------
     def state_dict(self) -> dict:
@@ -94,6 +99,7 @@ class Trainer:
             "epoch_seconds_so_far": self.epoch_seconds_so_far,
             "history": self.history,
             "attempts": self.attempts,
+            "timeline": self.timeline_rows,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -108,6 +114,7 @@ class Trainer:
         self.epoch_seconds_so_far = state["epoch_seconds_so_far"]
         self.history = list(state["history"])
         self.attempts = list(state["attempts"])
+        self.timeline_rows = list(state["timeline"])
 
     def save_checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state_dict())
@@ -122,17 +129,31 @@ class Trainer:
         label_batches = self.order.to(self.devices[-1]).split(size)
         losses = self.batch_losses.unbind()  # each step writes its loss into its slot
         step, batches = self.step, self.batches
+        recorded = window(self.num_batches)
         self.model.train()
         started = time.perf_counter()
         for b in range(self.batches_done, self.num_batches):
             if stop.should_stop():
                 self.batches_done = b
                 self.epoch_seconds_so_far += synchronized_elapsed(started, self.devices)
+                step.timeline = None  # a window cut short is recorded again
                 return False
+            if b in recorded and not self.timeline_rows:
+                self.record_timeline(b, recorded)
             step(*batches(image_batches[b], label_batches[b]), losses[b])  # no host sync
+            if step.timeline is not None and b == recorded[-1]:
+                self.timeline_rows, step.timeline = step.timeline.rows(), None
         self.batches_done = self.num_batches
         self.epoch_seconds_so_far += synchronized_elapsed(started, self.devices)
         return True
+
+    def record_timeline(self, batch: int, recorded: range) -> None:
+        """Start the Timeline at the window's first batch (a window resumed in its middle
+        is left for the next epoch), and tell it which of its steps comes."""
+        if batch == recorded.start:
+            self.step.timeline = Timeline(dict(enumerate(self.devices)))
+        if self.step.timeline is not None:
+            self.step.timeline.step = batch - recorded.start
 
     def check_finite(self) -> None:
         finite = torch.isfinite(self.batch_losses)
@@ -170,19 +191,28 @@ class Trainer:
             "test_accuracy": test_accuracy,
             "epoch_seconds": seconds,
             "samples_per_second": len(self.train) / seconds,
+            **self.peak_memory(),
         }
-        for device in sorted({d for d in self.devices if d.type == "cuda"}, key=str):
-            row[f"peak_memory_mb_cuda{device.index or 0}"] = (
-                torch.cuda.max_memory_allocated(device) / 2**20
-            )
-            torch.cuda.reset_peak_memory_stats(device)
         self.history.append(row)
         self.epoch += 1
         self.order, self.batches_done, self.epoch_seconds_so_far = None, 0, 0.0
         self.batch_losses.zero_()
         return row
 
+    def peak_memory(self) -> dict:
+        """Each GPU's peak memory since the last epoch, in MB."""
+        peaks = {}
+        for device in sorted({d for d in self.devices if d.type == "cuda"}, key=str):
+            peaks[f"peak_memory_mb_cuda{device.index or 0}"] = (
+                torch.cuda.max_memory_allocated(device) / 2**20
+            )
+            torch.cuda.reset_peak_memory_stats(device)
+        return peaks
+
     # -- outputs -----------------------------------------------------------
+    def train_step_name(self) -> str:
+        return type(self.step).__name__
+
     def record(self) -> dict:
         """run.json for the finished run (workflow/schemas/run.schema.yaml)."""
         return {
@@ -192,7 +222,7 @@ class Trainer:
             "swept": list(self.setup.swept),
             "setup": {
                 "devices": [str(d) for d in self.devices],
-                "train_step": type(self.step).__name__,
+                "train_step": self.train_step_name(),
                 "threads": torch.get_num_threads(),
                 "deadline_margin_seconds": self.setup.deadline_margin,
                 "data_dir": str(self.setup.data_dir),
@@ -204,10 +234,14 @@ class Trainer:
         }
 
     def write_outputs(self) -> None:
-        weights = cpu_state(self.model.state_dict())
-        model_path = self.setup.out_dir / runfiles.MODEL_FILE
-        atomic_write(model_path, lambda handle: torch.save(weights, handle))
+        write_model(self.setup.out_dir, cpu_state(self.model.state_dict()))
+        write_timeline(self.setup.out_dir, self.timeline_rows)
         runfiles.write_record(self.setup.out_dir, self.record())
+
+
+def write_model(out_dir: Path, weights: dict) -> None:
+    """model.pt: the final weights, on the CPU, under the single-process engine's names."""
+    atomic_write(out_dir / runfiles.MODEL_FILE, lambda handle: torch.save(weights, handle))
 
 
 def log_epoch(row: dict, epochs: int) -> None:
