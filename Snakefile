@@ -32,5 +32,7 @@ rule all:
         "results/figures/accuracy.pdf",
         "results/figures/throughput.pdf",
         "results/tables/summary.html",
+        # The pipeline of each run, drawn from its timeline.csv.
+        PIPELINE_FIGURES,
         # Once `snakemake verify` has run, kept up to date and shown in the report.
         VERIFY.kept_up_to_date(VERIFY_OUTPUTS),

@@ -217,16 +217,19 @@ def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
     assert sorted(r["run_id"] for r in runs) == ["seed=0", "seed=1"]
 
 
+@pytest.mark.parametrize("engine", ["single_process", "distributed"])
 def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
-    slurm_cluster, fast_requeue, tmp_path
+    slurm_cluster, fast_requeue, tmp_path, engine
 ):
-    """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job."""
+    """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job.
+    The distributed engine's two stage processes stop together in each window; its numbers
+    are the single-process reference's, bit for bit."""
     workdir = copy_workflow(tmp_path / "wf")
     # About 4 s an epoch on one core here: 16 epochs need three or more 30-s job windows,
     # and still two on a core twice as fast.
     synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
     data = {"dir": "resources/synthetic", "synthetic": synthetic}
-    train = {"epochs": 16, "hidden_sizes": [2048], "devices": ["cpu", "cpu"]}
+    train = {"epochs": 16, "hidden_sizes": [2048], "devices": ["cpu", "cpu"], "engine": engine}
     overlay = write_overlay(
         workdir / "overlay.yaml",
         data=data,
@@ -265,6 +268,51 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
     expected = metric_columns(reference_dir / "epochs.csv")
     assert metric_columns(run_dir / "epochs.csv") == expected
     assert_compute_matches_sacct(workdir, job, len(attempts))
+    if engine == "distributed":
+        assert all([r["slurm_task_id"] for r in a["ranks"]] == ["0", "1"] for a in attempts)
+
+
+def test_a_distributed_run_is_one_job_of_one_task_per_stage(slurm_cluster, tmp_path):
+    """Two stages: one sbatch job whose srun step runs 2 tasks, one per stage, each with
+    its CPU; run.json names both ranks; the numbers are the single-process engine's."""
+    workdir = copy_workflow(tmp_path / "wf")
+    train = {"engine": "distributed", "devices": ["cpu", "cpu"], "microbatches": 2}
+    overlay = write_overlay(
+        workdir / "overlay.yaml", train=train, resources={"train_model_parallel": {"gpu": 0}}
+    )
+    write_synthetic(tmp_path / "reference_data", train_size=2000, test_size=500, seed=0)
+    reference = start_reference(
+        tmp_path / "reference_data",
+        tmp_path / "reference",
+        {"epochs": 2, "hidden_sizes": [200], "devices": ["cpu", "cpu"]},
+        "--microbatches",
+        "2",
+    )
+    result = run_snakemake(workdir, "--configfile", str(overlay))
+    reference_out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, reference_out
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+
+    run_dir = workdir / "results/runs/base"
+    record = json.loads((run_dir / "run.json").read_text())
+    (attempt,) = record["attempts"]
+    job = attempt["slurm"]["job_id"]
+    steps = subprocess.run(
+        ["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,AllocCPUS,State"],
+        env=slurm_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert f"{job}.0|2|2|COMPLETED" in steps, steps
+    assert [(r["rank"], r["slurm_task_id"]) for r in attempt["ranks"]] == [(0, "0"), (1, "1")]
+    assert record["setup"]["world_size"] == 2
+    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
+    assert "srun --ntasks=2 --cpus-per-task=1" in log
+    assert metric_columns(run_dir / "epochs.csv") == metric_columns(
+        tmp_path / "reference/epochs.csv"
+    )
 
 
 def assert_compute_matches_sacct(workdir: Path, job: str, allocations: int) -> None:

@@ -137,18 +137,75 @@ def train_arguments(wildcards):
     return shlex.join(words)
 
 
-def train_scheduler_resources():
-    """What SLURM is asked for per training job; optional keys only when set."""
+def run_params(wildcards):
+    """The training settings of the run a training job trains."""
+    return RUNS[wildcards.run]
+
+
+def stage_tasks(params):
+    """Processes a run's job starts: one per stage for the distributed engine, else one."""
+    if params["engine"] == "distributed":
+        return settings.stage_count(params)
+    return 1
+
+
+def train_threads(params_of):
+    """Cores a training job takes here: cpus_per_task for each of its processes."""
+    return lambda wildcards: TRAIN_RESOURCES["cpus_per_task"] * stage_tasks(
+        params_of(wildcards)
+    )
+
+
+def process_threads(params_of):
+    """train.py's --threads: each process's share of the job's cores."""
+    return lambda wildcards, threads: max(1, threads // stage_tasks(params_of(wildcards)))
+
+
+def launch_arguments(params_of):
+    """The distributed engine's options for starting its processes (none otherwise)."""
+
+    def arguments(wildcards):
+        if stage_tasks(params_of(wildcards)) == 1:
+            return ""
+        words = ["--process-group-timeout", TRAIN_RESOURCES["process_group_timeout"]]
+        if TRAIN_RESOURCES["tasks_per_node"]:
+            words += ["--tasks-per-node", TRAIN_RESOURCES["tasks_per_node"]]
+        return shlex.join(map(str, words))
+
+    return arguments
+
+
+def train_scheduler_resources(params_of):
+    """What SLURM is asked for per training job; optional keys only when set.
+
+    A distributed run is one job of one task per stage (the executor plugin's multi-task
+    resources: tasks, nodes, one GPU per task; `mpi` tells its job step to leave the
+    starting of the tasks to the job's command, which runs srun itself).
+    """
+    gpu = TRAIN_RESOURCES["gpu"]
+    per_node = TRAIN_RESOURCES["tasks_per_node"]
+
+    def tasks(wildcards):
+        count = stage_tasks(params_of(wildcards))
+        return count if count > 1 else None
+
+    def when_distributed(value_of):
+        return lambda wildcards: None if tasks(wildcards) is None else value_of(tasks(wildcards))
+
     extra = {
         key: TRAIN_RESOURCES[key]
         for key in ("gpu_model", "constraint")
         if TRAIN_RESOURCES[key] is not None
     }
     return {
-        "gpu": TRAIN_RESOURCES["gpu"],
+        "gpu": lambda wildcards: gpu if tasks(wildcards) is None or not gpu else tasks(wildcards),
         "cpus_per_task": TRAIN_RESOURCES["cpus_per_task"],
         "mem_mb": TRAIN_RESOURCES["mem_mb"],
         "runtime": TRAIN_RESOURCES["runtime"],
+        "tasks": tasks,
+        "mpi": when_distributed(lambda n: "srun"),
+        "tasks_per_gpu": when_distributed(lambda n: 1 if gpu else None),
+        "nodes": when_distributed(lambda n: -(-n // per_node) if per_node else None),
         # Read by the script, not by SLURM; resources, so changing them reruns nothing.
         "signal_seconds": TRAIN_RESOURCES["signal_seconds"],
         "failure_retries": TRAIN_RESOURCES["failure_retries"],

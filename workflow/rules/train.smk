@@ -6,6 +6,7 @@ rule train_model_parallel:
         epochs="results/runs/{run}/epochs.csv",
         provenance="results/runs/{run}/run.json",
         model="results/runs/{run}/model.pt",
+        timeline="results/runs/{run}/timeline.csv",
     log:
         # Snakemake clears it before each attempt; a resumed run reprints the epochs it had.
         "results/logs/train_model_parallel/{run}.log",
@@ -13,17 +14,20 @@ rule train_model_parallel:
         "results/benchmarks/train_model_parallel/{run}.tsv"
     conda:
         "../envs/pytorch.yaml"
-    threads: TRAIN_RESOURCES["cpus_per_task"]
+    threads: train_threads(run_params)
     resources:
-        **train_scheduler_resources(),
+        **train_scheduler_resources(run_params),
     params:
         script=script_path("train.py"),
         data_dir=lambda wildcards, input: Path(input.manifest).parent,
         out_dir=lambda wildcards, output: Path(output.epochs).parent,
         options=train_arguments,
+        process_threads=process_threads(run_params),
+        launch=launch_arguments(run_params),
     shell:
         "python {params.script:q} --data-dir {params.data_dir:q} --md5-file {input.manifest:q}"
-        " --out-dir {params.out_dir:q} {params.options} --threads {threads}"
+        " --out-dir {params.out_dir:q} {params.options} --threads {params.process_threads}"
+        " {params.launch}"
         " --deadline-margin {resources.signal_seconds}"
         " --failure-requeues {resources.failure_retries}"
         " > {log} 2>&1"

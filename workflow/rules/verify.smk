@@ -8,6 +8,11 @@ VERIFY = VerifyPlan(
 VERIFY_OUTPUTS = [REPRODUCTION, "results/verify/reproduction.html"]
 
 
+def verify_params(wildcards):
+    """The settings the rerun of a run is trained with (its original's)."""
+    return VERIFY.settings_of(wildcards.run)[0]
+
+
 localrules:
     compare_reproduction,
     verify,
@@ -24,8 +29,13 @@ use rule train_model_parallel as verify_training with:
         "results/logs/verify_training/{run}.log",
     benchmark:
         "results/benchmarks/verify_training/{run}.tsv"
+    threads: train_threads(verify_params)
+    resources:
+        **train_scheduler_resources(verify_params),
     params:
         options=lambda wildcards: VERIFY.options(wildcards.run),
+        process_threads=process_threads(verify_params),
+        launch=launch_arguments(verify_params),
 
 
 # Imports torch, to read model.pt (every tensor is compared byte for byte).

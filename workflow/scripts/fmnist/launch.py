@@ -35,7 +35,7 @@ def free_port() -> int:
 def srun_command(stages: int, threads: int, gpus: bool, tasks_per_node: int | None) -> list[str]:
     """One task per stage, each with its CPUs (and GPU); one failing task ends them all."""
     words = ["srun", f"--ntasks={stages}", f"--cpus-per-task={threads}", "--kill-on-bad-exit=1"]
-    words += ["--label", "--export=ALL"]
+    words += ["--export=ALL"]
     if tasks_per_node:
         words += [f"--ntasks-per-node={tasks_per_node}"]
     if gpus:
