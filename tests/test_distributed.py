@@ -134,9 +134,10 @@ def stage_pids(launcher: int) -> dict[int, int]:
     return pids
 
 
-def interrupt_stage_1(run: Run, sig: int) -> float:
+def interrupt(run: Run, sig: int, target: str) -> float:
     """Once epoch 1 is written and epoch 2 has begun (an epoch takes ~0.7 s here), send
-    ``sig`` to stage 1's process; seconds until the launcher has exited."""
+    ``sig`` to stage 1's process (or to the launcher, as Snakemake or a user would);
+    seconds until the launcher has exited."""
     deadline = time.monotonic() + TIMEOUT
     while data_rows(run.out) < 1:
         assert run.proc.poll() is None, run.result().stderr
@@ -145,27 +146,34 @@ def interrupt_stage_1(run: Run, sig: int) -> float:
     pids = stage_pids(run.proc.pid)
     assert sorted(pids) == [0, 1], pids
     time.sleep(0.3)
-    os.kill(pids[1], sig)
+    os.kill(pids[1] if target == "stage 1" else run.proc.pid, sig)
     sent = time.monotonic()
     run.result()
     return time.monotonic() - sent
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(runs, synthetic_data, tmp_path, sig):
+@pytest.mark.parametrize(
+    ("sig", "target"),
+    [(signal.SIGTERM, "stage 1"), (signal.SIGKILL, "stage 1"), (signal.SIGTERM, "launcher")],
+)
+def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
+    runs, synthetic_data, tmp_path, sig, target
+):
     """SIGTERM to stage 1: every stage stops after the same batch and rank 0 saves a
-    checkpoint (exit 75). SIGKILL of stage 1: the others fail at once (gloo sees the
-    closed connection; the process-group timeout bounds any other hang), exit 1, and the
-    last epoch's checkpoint remains. Either way the rerun ends with the uninterrupted bits."""
+    checkpoint (exit 75). SIGTERM to the launcher: it passes it on to the stages, the same.
+    SIGKILL of stage 1: the others fail at once (gloo sees the closed connection; the
+    process-group timeout bounds any other hang), exit 1, and the last epoch's checkpoint
+    remains. Each time the rerun ends with the uninterrupted run's bits."""
     out = tmp_path / "run"
     args = cli(synthetic_data, out, engine="distributed", process_group_timeout=30, **LONG)
     first = Run(out, args)
-    took = interrupt_stage_1(first, sig)
+    took = interrupt(first, sig, target)
     result = first.result()
     assert took < 60, f"the stages took {took:.0f} s to stop"
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     if sig == signal.SIGTERM:
         assert result.returncode == 75, result.stdout + result.stderr
+        # Every stage got it from the launcher; the highest rank speaks for them.
         assert "stage 1's process received SIGTERM" in result.stdout
         assert state["attempts"][0]["stopped"] == "stage 1's process received SIGTERM"
         # Inside epoch 2, unless the signal came while epoch 1 was being evaluated.
@@ -182,6 +190,17 @@ def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(runs, synthetic_dat
     assert metric_lines(out) == metric_lines(ref.out)
     assert_same_tensors(load_weights(out / "model.pt"), load_weights(ref.out / "model.pt"))
     assert len(json.loads((out / "run.json").read_text())["attempts"]) == 2
+
+
+def test_a_last_batch_that_micro_batches_cannot_split_is_refused(synthetic_data, tmp_path):
+    """2000 rows in batches of 66 leave 20, which 3 micro-batches cannot split evenly."""
+    out = tmp_path / "run"
+    result = Run(
+        out, cli(synthetic_data, out, engine="distributed", batch_size=66, microbatches=3)
+    ).result()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "leave a last batch of 20 rows" in result.stderr
+    assert "train.microbatches (3)" in result.stderr
 
 
 def test_a_busy_run_folder_is_refused_by_rank_0(synthetic_data, tmp_path):

@@ -177,7 +177,9 @@ def read_pipeline(path) -> Pipeline:
         raise runfiles.RunFileError(
             f"{path}: key params.microbatches: {microbatches!r} is not a positive integer"
         )
-    return Pipeline(params["engine"], params["schedule"], microbatches)
+    # train.schedule chooses the distributed engine's schedule; one process runs GPipe's order.
+    schedule = params["schedule"] if params["engine"] == "distributed" else "gpipe"
+    return Pipeline(params["engine"], schedule, microbatches)
 
 
 # --------------------------------------------------------------------------- checking

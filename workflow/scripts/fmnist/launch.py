@@ -51,6 +51,7 @@ def run_with_srun(argv: list[str], stages: int, threads: int, gpus: bool, per_no
 
 
 def run_with_torchrun(argv: list[str], stages: int) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -69,6 +70,10 @@ def run_with_torchrun(argv: list[str], stages: int) -> int:
         elastic_launch(config, sys.executable)(*argv)
     except ChildFailedError as err:
         return worst_exit_status([f.exitcode for f in err.failures.values()])
+    except SignalException as err:
+        # The agent has passed the signal on to the stages and waited for them: they
+        # stopped together and left a checkpoint, as if one of them had been signalled.
+        log(f"stopping the stage processes: {err}")
     return 0
 
 

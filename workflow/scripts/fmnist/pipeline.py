@@ -31,7 +31,7 @@ from .console import log
 from .data import BatchMaker, DeviceData, scale_pixels_
 from .devices import synchronized_elapsed
 from .files import exclusive_lock, remove_stale_temporaries
-from .idx import verify_data
+from .idx import DataError, verify_data
 from .model import microbatch_loss, model_for
 from .ranks import RankContext
 from .steps import make_optimizer
@@ -50,6 +50,19 @@ class StageLoss:
 
     def __call__(self, output, target):
         return microbatch_loss(output, target, self.rows, self.microbatches)
+
+
+def check_last_batch(rows: int, batch_size: int, microbatches: int) -> None:
+    """Every micro-batch of a step has one shape (a stage is set up for one), so the last,
+    shorter batch must split evenly too (train.batch_size % microbatches is checked earlier)."""
+    last = rows % batch_size
+    if last % microbatches:
+        raise DataError(
+            f"the training set's {rows} rows leave a last batch of {last} rows, which "
+            f"train.microbatches ({microbatches}) cannot split into equal micro-batches, as "
+            "the distributed engine needs: choose train.batch_size or train.microbatches so "
+            "that they do"
+        )
 
 
 class PipelineTrainer(Trainer):
@@ -71,6 +84,7 @@ class PipelineTrainer(Trainer):
         batch_size = params["batch_size"]
         self.batches = BatchMaker(self.train, batch_size, params["tutorial_double_scaling"])
         self.num_batches = math.ceil(len(self.train) / batch_size)
+        check_last_batch(len(self.train), batch_size, params["microbatches"])
 
         torch.manual_seed(params["seed"])
         whole = model_for(params, [CPU] * self.stages)  # the same initial weights everywhere

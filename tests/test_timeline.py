@@ -1,0 +1,100 @@
+"""The recorded timeline (fmnist/timeline.py) of the single-process engine: autograd and
+the kernel step record every stage's forward and backward of every micro-batch, one after
+another (one process computes one thing at a time); the trainer records one window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import train_batch
+from fmnist import bubble, settings, timeline
+from fmnist.kernel_step import TrainStep
+from fmnist.model import ModelParallelMLP, pipelined_backward
+from fmnist.trainer import RunSetup, Trainer
+
+CPU = torch.device("cpu")
+
+
+def passes(rows: list[dict]) -> list[tuple]:
+    return [(r["stage"], r["microbatch"], r["phase"]) for r in rows]
+
+
+def assert_sequential(rows: list[dict]) -> None:
+    ordered = sorted(rows, key=lambda r: r["start_seconds"])
+    for a, b in zip(ordered, ordered[1:]):
+        assert a["end_seconds"] <= b["start_seconds"], (a, b)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_autograd_records_each_stage_and_micro_batch_in_order(synthetic_data, stages):
+    torch.manual_seed(0)
+    model = ModelParallelMLP([32] * (stages - 1), [CPU] * stages, activation="relu")
+    record = timeline.Timeline(dict(enumerate(model.devices)))
+    x, y = train_batch(synthetic_data, slice(0, 40))
+    loss = pipelined_backward(model, x, y, 2, record)
+    rows = record.rows()
+    forward = [p for p in passes(rows) if p[2] == "forward"]
+    # GPipe's ticks: stage s works on micro-batch t - s at tick t.
+    ticks = sorted(forward, key=lambda p: (p[0] + p[1], p[0]))
+    assert forward == ticks
+    backward = [p[:2] for p in passes(rows) if p[2] == "backward"]
+    # One backward pass per micro-batch, in order, from the last stage to the first.
+    assert backward == [(s, mb) for mb in range(2) for s in reversed(range(stages))]
+    assert_sequential(rows)
+    # Recording changes nothing: the same loss and gradients without it.
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    assert torch.equal(pipelined_backward(model, x, y, 2), loss)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def test_the_kernel_step_records_its_passes(synthetic_data):
+    torch.manual_seed(0)
+    model = ModelParallelMLP(200, [CPU, CPU])
+    adam = torch.optim.Adam(model.parameters(), lr=0.01, foreach=False)
+    step = TrainStep(model, adam, 40, 4)
+    step.timeline = timeline.Timeline({0: CPU, 1: CPU})
+    x, y = train_batch(synthetic_data, slice(0, 40))
+    step(x.flatten(1), y, torch.zeros(()))
+    rows = step.timeline.rows()
+    assert sorted(passes(rows)) == sorted(
+        (s, mb, phase) for s in range(2) for mb in range(4) for phase in ("forward", "backward")
+    )
+    assert_sequential(rows)
+
+
+def test_the_trainer_records_one_window_that_bubble_reads(synthetic_data, tmp_path):
+    """Batches 2-5 of the first epoch, written as timeline.csv; its idle fraction shows that
+    one process does not overlap its stages: about 1 - 1/K, whatever the formula says."""
+    params = {
+        **settings.defaults()["train"],
+        "devices": ["cpu", "cpu"],
+        "microbatches": 4,
+        "cpu_step": "autograd",
+        "epochs": 1,
+    }
+    with torch.random.fork_rng(devices=[]):
+        trainer = Trainer(params, RunSetup(synthetic_data, tmp_path, threads=1), [CPU, CPU])
+
+        class Never:
+            reason = None
+
+            def should_stop(self):
+                return False
+
+        assert trainer.run_epoch_batches(Never())
+    rows = trainer.timeline_rows
+    assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
+    assert len(rows) == 4 * 2 * 4 * 2
+    timeline.write_timeline(tmp_path, rows)
+    table = bubble.read_timeline(tmp_path / timeline.TIMELINE_FILE)
+    bubble.check_timeline(table, 4, tmp_path / timeline.TIMELINE_FILE)
+    idle = bubble.idle_fractions(table, 4)
+    assert 0.3 < idle.fraction < 0.7  # two unequal stages, one after the other
+    assert idle.gpipe == pytest.approx(0.2)
+
+
+def test_the_window_is_a_few_batches_after_the_first():
+    assert timeline.window(600) == range(1, 5)
+    assert timeline.window(3) == range(1, 3)
+    assert timeline.window(1) == range(0, 1)
