@@ -3,8 +3,11 @@
 
 Trains on synthetic data with the stages on [cuda:0, cpu] and [cuda:0, cuda:0], one and
 four micro-batches, and checks against the CPU: losses within float tolerance, the same
-numbers twice on the same GPU, a SIGTERM-stopped run resuming to the same numbers. Then
-times the workflow's epoch with benchmark.py on the same layouts. Exits non-zero if a
+numbers twice on the same GPU, a SIGTERM-stopped run resuming to the same numbers. Then the
+distributed engine with both stages' processes on the one GPU (NCCL; where NCCL refuses
+two processes on one GPU, that is recorded, not failed) against the single-process engine
+on the same layout, and every run's timeline.csv (CUDA events) drawn by plot_timeline.py.
+Then times the workflow's epoch with benchmark.py on the same layouts. Exits non-zero if a
 check fails; writes results.json (and the benchmark's JSON) into --out.
 
     python tests/gpu/check_cuda.py --out "$OUT"
@@ -30,7 +33,9 @@ LAYOUTS = [["cuda:0", "cpu"], ["cuda:0", "cuda:0"]]
 METRICS = ["train_loss", "test_loss", "test_accuracy"]
 
 
-def train(data: Path, out: Path, devices, microbatches: int, epochs: int) -> subprocess.Popen:
+def train(
+    data: Path, out: Path, devices, microbatches: int, epochs: int, *more: str
+) -> subprocess.Popen:
     command = [
         sys.executable,
         str(SCRIPTS / "train.py"),
@@ -46,6 +51,7 @@ def train(data: Path, out: Path, devices, microbatches: int, epochs: int) -> sub
         str(microbatches),
         "--threads",
         "1",
+        *more,
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -118,6 +124,51 @@ def check_resume(data: Path, work: Path, epochs: int) -> bool:
     return metrics(stopped) == metrics(whole)
 
 
+def plot_timeline(out: Path) -> bool:
+    """timeline.csv of a GPU run passes bubble.py's checks and is drawn."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "plot_timeline.py"),
+            "--timeline",
+            str(out / "timeline.csv"),
+            "--run-json",
+            str(out / "run.json"),
+            "--png",
+            str(out / "timeline.png"),
+            "--pdf",
+            str(out / "timeline.pdf"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    print(done.stdout + done.stderr)
+    return done.returncode == 0
+
+
+def check_distributed(data: Path, work: Path, epochs: int) -> tuple[dict, list[str]]:
+    """Two stage processes on cuda:0 (NCCL) against one process on [cuda:0, cuda:0]."""
+    devices, failures = ["cuda:0", "cuda:0"], []
+    single, dist_out = work / "cuda0+cuda0_m4_a", work / "distributed_m4"
+    process = train(data, dist_out, devices, 4, epochs, "--engine", "distributed")
+    output, _ = process.communicate(timeout=600)
+    result = {"exit": process.returncode, "log_tail": output[-3000:]}
+    if process.returncode != 0:
+        if "Duplicate GPU" in output or "duplicate GPU" in output:
+            result["possible"] = False  # NCCL: one process per GPU
+            return result, failures
+        return result, ["distributed"]
+    result["possible"] = True
+    got, expected = metrics(dist_out), metrics(single)
+    result["bitwise_single_process"] = got == expected
+    result["close_to_single_process"] = close(got, expected, rtol=1e-4)
+    result["record_setup"] = json.loads((dist_out / "run.json").read_text())["setup"]
+    result["timeline_drawn"] = plot_timeline(dist_out)
+    if not (result["close_to_single_process"] and result["timeline_drawn"]):
+        failures.append("distributed")
+    return result, failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -132,9 +183,18 @@ def main() -> int:
     resumed = check_resume(data, work, args.epochs)
     if not resumed:
         failures.append("resume")
-    (args.out / "results.json").write_text(
-        json.dumps({"layouts": layouts, "resume_exact": resumed, "failures": failures}, indent=2)
-    )
+    timelines = {name: plot_timeline(work / f"{name}_a") for name in layouts if "+" in name}
+    failures += [f"timeline {name}" for name, drawn in timelines.items() if not drawn]
+    distributed, more = check_distributed(data, work, args.epochs)
+    failures += more
+    results = {
+        "layouts": layouts,
+        "resume_exact": resumed,
+        "timelines_drawn": timelines,
+        "distributed": distributed,
+        "failures": failures,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
     for devices in LAYOUTS:
         subprocess.run(
             [
