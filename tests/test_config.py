@@ -162,6 +162,22 @@ BAD_CONFIGS = {
         {"train": {"microbatches": 50}, "sweep": {"batch_size": [100, 10]}},
         ["run batch_size=10: train.microbatches (50) exceeds train.batch_size (10)"],
     ),
+    "distributed-one-stage": (
+        {"train": {"engine": "distributed", "devices": ["cpu"], "stage_split": [2]}},
+        ["train.engine distributed runs one process per stage", "one stage"],
+    ),
+    "distributed-mixed-devices": (
+        {"train": {"engine": "distributed", "devices": ["cuda:0", "cpu"]}},
+        ["every stage on the same kind of device"],
+    ),
+    "distributed-uneven-microbatches": (
+        {"train": {"engine": "distributed", "microbatches": 3}},
+        ["train.batch_size (100) to be a multiple of train.microbatches (3)"],
+    ),
+    "tasks-per-node-zero": (
+        {"resources": {"train_model_parallel": {"tasks_per_node": 0}}},
+        ["tasks_per_node"],
+    ),
     # Values the training script refuses (positive_float) must not get past the config.
     "lr-infinite": ({"train": {"lr": float("inf")}}, ["lr"]),
     "lr-nan": ({"train": {"lr": float("nan")}}, ["lr"]),
@@ -324,8 +340,9 @@ def test_default_config_dry_run(tmp_path):
         "train_model_parallel": 1,
         "gather_epoch_logs": 1,
         "plot_loss_curves": 1,
+        "plot_pipeline_timeline": 1,
         "all": 1,
-        "total": 5,
+        "total": 6,
     }
     command = train_commands(output)["base"]
     for option in (
@@ -453,3 +470,49 @@ def test_lint_is_clean(tmp_path):
     status, output = snakemake(workdir, "--lint")
     assert status == 0, output[-3000:]
     assert "Congratulations, your workflow is in a good condition!" in output
+
+
+def job_resources(output: str) -> dict[str, dict[str, str]]:
+    """Run id -> the training job's threads and resources, as the dry run prints them."""
+    jobs = {}
+    for block in output.split("rule train_model_parallel:")[1:]:
+        run = re.search(r"wildcards: run=(\S+)", block)[1]
+        threads = re.search(r"threads: (\d+)", block)[1]
+        line = re.search(r"resources: (.*)", block)[1]
+        jobs[run] = dict(item.split("=", 1) for item in line.split(", ")) | {"threads": threads}
+    return jobs
+
+
+ENGINES = {
+    "train": {"devices": ["cpu", "cpu", "cpu"], "hidden_sizes": [64, 32]},
+    "sweep": {"engine": ["single_process", "distributed"]},
+    "resources": {"train_model_parallel": {"tasks_per_node": 2, "cpus_per_task": 3}},
+}
+
+
+def test_a_distributed_run_asks_for_one_task_per_stage(tmp_path):
+    """3 stages: 3 tasks of cpus_per_task each, one GPU each, 2 per node (so 2 nodes), and
+    the plugin's `mpi` so that its job step leaves starting the tasks to srun; the
+    single-process run of the same sweep keeps one task (its id: engine=singleprocess, as
+    run ids write values without underscores)."""
+    workdir = copy_workflow(tmp_path / "wf")
+    status, output = snakemake(workdir, "-n", "-p", "--cores", "16", overlay=ENGINES)
+    assert status == 0, output[-3000:]
+    jobs = job_resources(output)
+    single, distributed = jobs["engine=singleprocess"], jobs["engine=distributed"]
+    assert {k: distributed[k] for k in ("tasks", "mpi", "nodes", "gpu", "tasks_per_gpu")} == {
+        "tasks": "3",
+        "mpi": "srun",
+        "nodes": "2",
+        "gpu": "3",
+        "tasks_per_gpu": "1",
+    }
+    assert distributed["cpus_per_task"] == "3" and distributed["threads"] == "9"
+    assert not {"tasks", "mpi", "nodes", "tasks_per_gpu"} & set(single)
+    assert single["gpu"] == "2" and single["threads"] == "3"
+    commands = train_commands(output)
+    assert (
+        "--threads 3 --process-group-timeout 300 --tasks-per-node 2"
+        in (commands["engine=distributed"])
+    )
+    assert "--process-group-timeout" not in commands["engine=singleprocess"]

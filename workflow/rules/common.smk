@@ -142,6 +142,11 @@ def run_params(wildcards):
     return RUNS[wildcards.run]
 
 
+def verify_params(wildcards):
+    """The settings the rerun of a run is trained with (its original's; verify.smk)."""
+    return VERIFY.settings_of(wildcards.run)[0]
+
+
 def stage_tasks(params):
     """Processes a run's job starts: one per stage for the distributed engine, else one."""
     if params["engine"] == "distributed":
@@ -158,7 +163,9 @@ def train_threads(params_of):
 
 def process_threads(params_of):
     """train.py's --threads: each process's share of the job's cores."""
-    return lambda wildcards, threads: max(1, threads // stage_tasks(params_of(wildcards)))
+    return lambda wildcards, threads: max(
+        1, threads // stage_tasks(params_of(wildcards))
+    )
 
 
 def launch_arguments(params_of):
@@ -190,7 +197,9 @@ def train_scheduler_resources(params_of):
         return count if count > 1 else None
 
     def when_distributed(value_of):
-        return lambda wildcards: None if tasks(wildcards) is None else value_of(tasks(wildcards))
+        return lambda wildcards: (
+            None if tasks(wildcards) is None else value_of(tasks(wildcards))
+        )
 
     extra = {
         key: TRAIN_RESOURCES[key]
@@ -198,7 +207,9 @@ def train_scheduler_resources(params_of):
         if TRAIN_RESOURCES[key] is not None
     }
     return {
-        "gpu": lambda wildcards: gpu if tasks(wildcards) is None or not gpu else tasks(wildcards),
+        "gpu": lambda wildcards: (
+            gpu if tasks(wildcards) is None or not gpu else tasks(wildcards)
+        ),
         "cpus_per_task": TRAIN_RESOURCES["cpus_per_task"],
         "mem_mb": TRAIN_RESOURCES["mem_mb"],
         "runtime": TRAIN_RESOURCES["runtime"],

@@ -8,11 +8,6 @@ VERIFY = VerifyPlan(
 VERIFY_OUTPUTS = [REPRODUCTION, "results/verify/reproduction.html"]
 
 
-def verify_params(wildcards):
-    """The settings the rerun of a run is trained with (its original's)."""
-    return VERIFY.settings_of(wildcards.run)[0]
-
-
 localrules:
     compare_reproduction,
     verify,
