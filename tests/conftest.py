@@ -46,6 +46,8 @@ DEFAULT_SETTINGS = {
     "seed": 0,
     "tutorial_double_scaling": False,
     "microbatches": 1,
+    "engine": "single_process",
+    "schedule": "gpipe",
     "adam_impl": "for_loop",
     "cpu_step": "kernels",
 }

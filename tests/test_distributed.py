@@ -204,17 +204,21 @@ def test_a_last_batch_that_micro_batches_cannot_split_is_refused(synthetic_data,
 
 
 def test_a_busy_run_folder_is_refused_by_rank_0(synthetic_data, tmp_path):
-    """A second start on a run folder in use exits 2 naming the holder; the first goes on."""
+    """A second start on a run folder in use exits 2 naming the holder; the first goes on
+    (until it is told to stop: a SIGTERM to its launcher, exit 75)."""
     out = tmp_path / "run"
-    args = cli(synthetic_data, out, engine="distributed", **LONG)
+    args = cli(synthetic_data, out, engine="distributed", **{**LONG, "epochs": 100})
     first = Run(out, args)
     deadline = time.monotonic() + TIMEOUT
     while data_rows(out) < 1 and time.monotonic() < deadline:
+        assert first.proc.poll() is None, first.result().stderr
         time.sleep(0.05)
     second = Run(out, args).result()
     assert second.returncode == 2, second.stdout + second.stderr
     assert "is being written by process" in second.stderr
-    first.ok()
+    assert first.proc.poll() is None
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.result().returncode == 75, first.result().stderr
 
 
 # ------------------------------------------------------------------ the parts

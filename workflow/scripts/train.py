@@ -206,6 +206,11 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
+    except RuntimeError as err:
+        if not out_of_memory(err):
+            raise
+        print(f"error: {out_of_memory_message(err, params)}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
