@@ -19,7 +19,9 @@ import torch
 from fmnist import settings
 from fmnist.devices import DeviceError
 from fmnist.launch import EXIT_DIVERGED, srun_command, worst_exit_status
+from fmnist.provenance import provenance_row
 from fmnist.ranks import RankEnvironment, rank_device
+from fmnist.runfiles import read_run_dir
 from test_train import (
     TIMEOUT,
     Run,
@@ -91,6 +93,10 @@ def test_run_json_names_engine_schedule_and_every_rank(runs):
     assert {r["device"] for r in attempt["ranks"]} == {"cpu"}
     assert all(r["hostname"] and r["device_name"] for r in attempt["ranks"])
     assert attempt["device_names"] == [r["device_name"] for r in attempt["ranks"]]
+    # The provenance table names the schedule, the processes and their host(s).
+    row = provenance_row(read_run_dir(runs["three_1f1b_m4"].out))
+    assert (row["train_step"], row["processes"]) == ("Schedule1F1B", 3)
+    assert row["hostname"] == attempt["ranks"][0]["hostname"]
 
 
 def test_timeline_holds_every_stage_and_micro_batch(runs):

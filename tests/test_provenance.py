@@ -61,6 +61,7 @@ def test_provenance_from_the_attempts(tmp_path):
     assert row["stage_devices"] == "cuda:0,cuda:1"
     assert row["device_names"] == "NVIDIA H200,NVIDIA H200"
     assert (row["threads"], row["hostname"], row["cuda_visible_devices"]) == ("4", "gpu7", "0,1")
+    assert (row["train_step"], row["processes"]) == ("TrainStep", 1)
     assert row["slurm_job_ids"] == "11 12"
     assert (row["slurm_partition"], row["slurm_node"], row["attempts"]) == ("gpu", "gpu7", 2)
     assert row["started"] == "2026-11-27T20:00:00+00:00"
@@ -83,6 +84,8 @@ def test_provenance_columns_are_kept(tmp_path):
         *provenance.PROVENANCE_VERSIONS,
         "stage_devices",
         "device_names",
+        "train_step",
+        "processes",
         "threads",
         "hostname",
         "cuda_visible_devices",

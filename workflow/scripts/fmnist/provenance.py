@@ -56,8 +56,13 @@ def provenance_row(run: Run) -> dict:
         **{name: join_cell(last["versions"][name]) for name in PROVENANCE_VERSIONS},
         "stage_devices": facts["stage_devices"],
         "device_names": facts["device_names"],
+        "train_step": join_cell(setup["train_step"]),  # a schedule: the distributed engine
+        "processes": setup.get("world_size", 1),
         "threads": join_cell(setup["threads"]),
-        "hostname": join_cell(last["hostname"]),
+        # The distributed engine's processes may be on several hosts: each, in rank order.
+        "hostname": join_cell(list(dict.fromkeys(r["hostname"] for r in last["ranks"])))
+        if "ranks" in last
+        else join_cell(last["hostname"]),
         "cuda_visible_devices": join_cell(last["cuda_visible_devices"]),
         "slurm_job_ids": " ".join(job_ids) if job_ids else math.nan,
         "slurm_partition": join_cell(slurm.get("partition")),
