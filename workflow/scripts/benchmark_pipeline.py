@@ -585,34 +585,43 @@ def identity_checks(variants, runs: dict) -> dict:
 
 
 def goal_verdicts(args, entries: dict) -> dict:
-    """Per model and reference, the distributed variant with the highest median of
-    per-round ratios, and whether it reaches GOAL."""
+    """Per model and reference, the GPipe variant (the issue's goal: GPipe, M >= 4) and
+    the variant of any schedule with the highest median of per-round ratios, and whether
+    each reaches GOAL."""
     verdicts = {}
     for hidden in args.models:
         model = label(hidden)
         candidates = [
-            e for e in entries.values() if e["model"] == model and e["engine"] == "distributed"
+            e
+            for e in entries.values()
+            if e["model"] == model and e["engine"] == "distributed" and e["microbatches"] >= 4
         ]
         verdicts[model] = {}
         for reference in ("fastest_single", "same_microbatches"):
-            best = max(candidates, key=lambda e: e[f"speedup_vs_{reference}"]["median_of_rounds"])
-            speedup = best[f"speedup_vs_{reference}"]["median_of_rounds"]
-            against = (
-                best["fastest_single"]
-                if reference == "fastest_single"
-                else f"single autograd m{best['microbatches']}"
-            )
-            verdicts[model][reference] = {
-                "best_variant": best["variant"],
-                "against": against,
-                "speedup": speedup,
-                "met": speedup >= GOAL,
-            }
+            verdicts[model][reference] = {}
+            for scope in ("gpipe", "any"):
+                pool = [e for e in candidates if scope == "any" or e["schedule"] == scope]
+                if not pool:
+                    continue
+                best = max(pool, key=lambda e: e[f"speedup_vs_{reference}"]["median_of_rounds"])
+                speedup = best[f"speedup_vs_{reference}"]["median_of_rounds"]
+                against = (
+                    best["fastest_single"]
+                    if reference == "fastest_single"
+                    else f"single autograd m{best['microbatches']}"
+                )
+                verdicts[model][reference][scope] = {
+                    "best_variant": best["variant"],
+                    "against": against,
+                    "speedup": speedup,
+                    "met": speedup >= GOAL,
+                }
     return {
         "goal": GOAL,
-        "judged_on": "median of per-round ratios; fastest_single: against the model's fastest "
-        "single-process variant (what switching engines gains); same_microbatches: against "
-        "single autograd with the same M (the reference of the bubble bound)",
+        "judged_on": "median of per-round ratios, distributed variants with M >= 4; gpipe: "
+        "the issue's goal (GPipe), any: either schedule; fastest_single: against the model's "
+        "fastest single-process variant (what switching engines gains); same_microbatches: "
+        "against single autograd with the same M (the reference of the bubble bound)",
         "models": verdicts,
     }
 
@@ -832,11 +841,15 @@ def table(report: dict) -> str:
         )
     goal = report["goal"]
     for model, verdicts in goal["models"].items():
-        for reference, verdict in verdicts.items():
+        for reference, scopes in verdicts.items():
+            parts = [
+                f"{'GPipe' if scope == 'gpipe' else 'any schedule'}: {v['best_variant']} "
+                f"{v['speedup']:.2f}x {v['against']} ({'met' if v['met'] else 'not met'})"
+                for scope, v in scopes.items()
+            ]
             lines.append(
                 f"goal >= {goal['goal']}x, model {model}, vs {reference.replace('_', ' ')}: "
-                f"{verdict['best_variant']} {verdict['speedup']:.2f}x {verdict['against']}: "
-                f"{'met' if verdict['met'] else 'not met'}"
+                + "; ".join(parts)
             )
     return "\n".join(lines)
 
