@@ -219,7 +219,7 @@ def test_a_busy_run_folder_is_refused_by_rank_0(synthetic_data, tmp_path):
     while data_rows(out) < 1 and time.monotonic() < deadline:
         assert first.proc.poll() is None, first.result().stderr
         time.sleep(0.05)
-    second = Run(out, args).result()
+    second = Run(tmp_path / "second", args).result()  # its own stdout/stderr files
     assert second.returncode == 2, second.stdout + second.stderr
     assert "is being written by process" in second.stderr
     assert first.proc.poll() is None

@@ -200,7 +200,7 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
             pipeline.train(params, setup, ctx)
         finally:
             stop_process_group()
-    except PERMANENT as err:
+    except (*PERMANENT, pipeline.PeerSetupError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except NonFiniteLossError as err:

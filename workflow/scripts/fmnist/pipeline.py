@@ -29,11 +29,12 @@ from .checkpoint import cpu_state, fingerprint, load_checkpoint, save_checkpoint
 from .cluster import StopWatch
 from .console import log
 from .data import BatchMaker, DeviceData, scale_pixels_
-from .devices import synchronized_elapsed
-from .files import exclusive_lock, remove_stale_temporaries
-from .idx import DataError, verify_data
+from .devices import DeviceError, synchronized_elapsed
+from .files import LockedError, exclusive_lock, remove_stale_temporaries
+from .idx import DataError, IdxFormatError, verify_data
 from .model import microbatch_loss, model_for
 from .ranks import RankContext
+from .runfiles import RunFileError
 from .steps import make_optimizer
 from .timeline import Timeline, window, write_timeline
 from .trainer import EVAL_CHUNK, LOCK_FILE, Trainer, position_error, train_attempt, write_model
@@ -98,6 +99,7 @@ class PipelineTrainer(Trainer):
         self.batch_losses = torch.zeros(self.num_batches, device=ctx.comm_device)
         self.timeline = None
         self.stop_flag = torch.zeros(1, dtype=torch.int64, device=ctx.comm_device)
+        self.vote = None  # the stop vote in flight (agree_to_stop)
 
     # -- the pipeline --------------------------------------------------------
     def schedule(self, rows: int, training: bool = True):
@@ -121,16 +123,29 @@ class PipelineTrainer(Trainer):
 
     def agree_to_stop(self, stop: StopWatch) -> bool:
         """Whether every rank stops before this batch: any rank that must stop says so
-        (rank r sends r + 1; the largest wins and tells the others why)."""
-        self.stop_flag.fill_(self.rank + 1 if stop.should_stop() else 0)
-        dist.all_reduce(self.stop_flag, op=dist.ReduceOp.MAX)
+        (rank r sends r + 1; the largest wins and tells the others why).
+
+        The vote is sent one step ahead and read a step later, so that its round trip
+        overlaps the step's compute instead of adding to it: every rank still reads the
+        same result before the same batch; a stop asked for during batch b takes effect
+        before batch b + 2.
+        """
+        if self.vote is None:  # the first batch of an attempt: nothing was sent yet
+            self.vote = self._send_vote(stop)
+        self.vote.wait()
         who = int(self.stop_flag.item()) - 1
         if who < 0:
+            self.vote = self._send_vote(stop)
             return False
+        self.vote = None
         reason = [stop.reason if who == self.rank else None]
         dist.broadcast_object_list(reason, src=who)
         stop.reason = reason[0] if who == 0 else f"stage {who}'s process {reason[0]}"
         return True
+
+    def _send_vote(self, stop: StopWatch):
+        self.stop_flag.fill_(self.rank + 1 if stop.should_stop() else 0)
+        return dist.all_reduce(self.stop_flag, op=dist.ReduceOp.MAX, async_op=True)
 
     def run_epoch_batches(self, stop: StopWatch) -> bool:
         if self.order is None:
@@ -171,7 +186,11 @@ class PipelineTrainer(Trainer):
     def record_timeline(self, batch: int, recorded: range) -> None:
         if batch == recorded.start:
             dist.barrier()  # one start for every rank's clock
-            self.timeline = Timeline({self.rank: self.device})
+            start = [(time.perf_counter(), self.ctx.ranks[0]["hostname"])]
+            dist.broadcast_object_list(start, src=0)
+            origin, host = start[0]
+            same_clock = host == self.ctx.ranks[self.rank]["hostname"]
+            self.timeline = Timeline({self.rank: self.device}, origin if same_clock else None)
             self._instrument(self.schedule(self.params["batch_size"])._stage)
         if self.timeline is not None:
             self.timeline.step = batch - recorded.start
@@ -330,16 +349,40 @@ class _NoTable:
         pass
 
 
+class PeerSetupError(RuntimeError):
+    """Another stage's process could not start the run (it reports why)."""
+
+
+SETUP_FAILURES = (LockedError, DataError, IdxFormatError, DeviceError, RunFileError)
+
+
+def start(params: dict, setup, ctx: RankContext, held: contextlib.ExitStack) -> PipelineTrainer:
+    """This stage's trainer, once every process could build its own: a failure that
+    running again cannot fix (a busy run folder, bad data) ends all of them alike, instead
+    of leaving the others to fail on a closed connection."""
+    failure = None
+    try:
+        if ctx.rank == 0:
+            setup.out_dir.mkdir(parents=True, exist_ok=True)
+            lock = exclusive_lock(setup.out_dir / LOCK_FILE, f"run folder {setup.out_dir}")
+            held.enter_context(lock)
+        trainer = PipelineTrainer(params, setup, ctx)
+    except SETUP_FAILURES as err:
+        failure = err
+    failed = torch.tensor([0 if failure is None else 1], device=ctx.comm_device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if failure is not None:
+        raise failure
+    if failed.item():
+        raise PeerSetupError("another stage's process could not start this run (see its error)")
+    return trainer
+
+
 def train(params: dict, setup, ctx: RankContext) -> bool:
     """One attempt at the run by this stage's process: True once it is finished."""
     started = run_record.now()
     with contextlib.ExitStack() as held:
-        if ctx.rank == 0:
-            setup.out_dir.mkdir(parents=True, exist_ok=True)
-            held.enter_context(
-                exclusive_lock(setup.out_dir / LOCK_FILE, f"run folder {setup.out_dir}")
-            )
-        trainer = PipelineTrainer(params, setup, ctx)
+        trainer = start(params, setup, ctx, held)
         if not resume(trainer):
             trainer = PipelineTrainer(params, setup, ctx)
         attempt = run_record.attempt_record(started, trainer.epoch + 1, trainer.devices)
@@ -354,5 +397,7 @@ def train(params: dict, setup, ctx: RankContext) -> bool:
             trainer.write_outputs()
             if ctx.rank == 0:
                 trainer.checkpoint_path.unlink(missing_ok=True)
+        if trainer.vote is not None:
+            trainer.vote.wait()  # the last vote, sent for a batch that never came
         dist.barrier()  # no process leaves while rank 0 is still writing
     return finished

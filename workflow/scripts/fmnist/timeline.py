@@ -4,7 +4,9 @@ A Timeline takes one timestamp before and one after every forward and backward p
 stage on a micro-batch: the wall clock on the CPU, CUDA events on a GPU (the host only
 queues the work; the events say when the GPU ran it). Times are seconds since the start
 of the recorded window, one clock for all stages: in the distributed engine each rank
-starts its clock when a barrier releases them together. workflow/scripts/fmnist/bubble.py
+starts its clock when a barrier releases them together, or, on rank 0's host, takes rank 0's
+start (one monotonic clock per host, so those stages line up exactly).
+workflow/scripts/fmnist/bubble.py
 reads the file and draws it (workflow/schemas/timeline.schema.yaml is its format).
 """
 
@@ -39,14 +41,14 @@ class Timeline:
     engine records its own stage only).
     """
 
-    def __init__(self, devices: dict[int, torch.device]):
+    def __init__(self, devices: dict[int, torch.device], origin: float | None = None):
         self.devices = devices
         self.cuda = sorted({d for d in devices.values() if d.type == "cuda"}, key=str)
         self.step = 0
         self.spans: list[tuple] = []
         for device in self.cuda:
             torch.cuda.synchronize(device)
-        self.origin = time.perf_counter()
+        self.origin = time.perf_counter() if origin is None else origin
         self.origins = {d: self._event(d) for d in self.cuda}
 
     @staticmethod
