@@ -1,5 +1,6 @@
 """Tests of workflow/scripts/benchmark_pipeline.py (the distributed engine against the
-single-process engine).
+single-process engine) and of its library (fmnist.pipeline_timing, pipeline_variants,
+pipeline_results, machine_load).
 
 The benchmark runs once (module fixture) on a small synthetic dataset with the tutorial's
 model, one round, M = 4, both schedules and a short communication benchmark: five train.py
@@ -9,6 +10,7 @@ is complete and consistent, and that the engines trained to the very same number
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -18,8 +20,12 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import SCRIPTS_DIR, import_script
+from conftest import SCRIPTS_DIR
 from fmnist import bubble, synthetic
+from fmnist.machine_load import quietness
+from fmnist.pipeline_results import goal_verdicts, median_of, ratios
+from fmnist.pipeline_timing import aligned, clock_shifts, replay_span, spans
+from fmnist.pipeline_variants import Variant, build_variants, parse_model
 
 BENCHMARK = SCRIPTS_DIR / "benchmark_pipeline.py"
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -216,30 +222,100 @@ def perfect_timeline(stage1_clock_lag: float) -> pd.DataFrame:
 
 
 def test_clock_shift_and_replay_of_a_perfect_schedule():
-    bench = import_script("benchmark_pipeline")
     recorded = perfect_timeline(stage1_clock_lag=2.0)
-    assert bench.clock_shifts(recorded) == [0.0, 2.0]
+    assert clock_shifts(recorded) == [0.0, 2.0]
     # aligned, it measures exactly the GPipe formula; as recorded it does not
-    fixed = bench.aligned(recorded, bench.clock_shifts(recorded))
+    fixed = aligned(recorded, clock_shifts(recorded))
     assert bubble.idle_fractions(fixed, 2).fraction == pytest.approx(1 / 3)
     assert bubble.idle_fractions(recorded, 2).fraction != pytest.approx(1 / 3)
     # the replay needs no clocks across stages: the schedule's own span
     rows = list(recorded.itertuples(index=False))
-    assert bench.replay_span(rows) == pytest.approx(6.0)
+    assert replay_span(rows) == pytest.approx(6.0)
     # a clock that is right is left alone
-    assert bench.clock_shifts(perfect_timeline(0.0)) == [0.0, 0.0]
+    assert clock_shifts(perfect_timeline(0.0)) == [0.0, 0.0]
 
 
 def test_replay_removes_transfer_latency():
-    bench = import_script("benchmark_pipeline")
     late = perfect_timeline(0.0)
     # stage 1 starts its first forward 0.5 s late (a slow transfer): every later pass too
     late.loc[late["stage"] == 1, ["start_seconds", "end_seconds"]] += 0.5
     late.loc[
         (late["stage"] == 0) & (late["phase"] == "backward"), ["start_seconds", "end_seconds"]
     ] += 0.5
-    assert bench.replay_span(list(late.itertuples(index=False))) == pytest.approx(6.0)
-    assert bench.spans(late).iloc[0] == pytest.approx(6.5)
+    assert replay_span(list(late.itertuples(index=False))) == pytest.approx(6.0)
+    assert spans(late).iloc[0] == pytest.approx(6.5)
+
+
+def test_parse_model():
+    assert parse_model("256+1024") == (256, 1024)
+    assert parse_model("200") == (200,)
+    assert parse_model("8,16") == (8, 16)
+    for bad in ("a+b", "0+5", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_model(bad)
+
+
+def test_variants_of_a_model():
+    args = argparse.Namespace(models=[(200,), (8, 16)], microbatches=[1, 4], schedules=["gpipe"])
+    keys = [v.key for v in build_variants(args)]
+    # the kernel step only where train.py has it (the tutorial's layout); no single m1 twice
+    assert keys == [
+        "200/single_autograd_m1",
+        "200/single_kernels_m1",
+        "200/single_autograd_m4",
+        "200/distributed_gpipe_m1",
+        "200/distributed_gpipe_m4",
+        "8+16/single_autograd_m1",
+        "8+16/single_autograd_m4",
+        "8+16/distributed_gpipe_m1",
+        "8+16/distributed_gpipe_m4",
+    ]
+    distributed = Variant((8, 16), "distributed", 4, "1f1b")
+    assert distributed.options()[-4:] == ["--engine", "distributed", "--schedule", "1f1b"]
+    single = Variant((8, 16), "single_process", 2, cpu_step="kernels")
+    assert single.options()[-2:] == ["--cpu-step", "kernels"]
+
+
+def test_ratios_and_medians_over_rounds():
+    sps = {"all": [4.0, 6.0], "best": 6.0, "median": 5.0}
+    reference = {"all": [2.0, 2.0], "best": 2.0, "median": 2.0}
+    assert ratios(sps, reference) == {"best": 3.0, "median": 2.5, "median_of_rounds": 2.5}
+    runs = [{"t": {"x": 1.0, "xs": [1.0, 4.0]}}, {"t": {"x": 3.0, "xs": [3.0, 2.0]}}]
+    assert median_of(runs, "t", "x") == 2.0
+    assert median_of(runs, "t", "xs") == [2.0, 3.0]
+
+
+def test_goal_verdicts_pick_the_best_variant_of_each_scope():
+    def entry(schedule, m, fastest, same):
+        return {
+            "model": "200",
+            "engine": "distributed",
+            "variant": f"distributed {schedule} m{m}",
+            "schedule": schedule,
+            "microbatches": m,
+            "fastest_single": "single kernels m1",
+            "speedup_vs_fastest_single": {"median_of_rounds": fastest},
+            "speedup_vs_same_microbatches": {"median_of_rounds": same},
+        }
+
+    entries = {
+        "a": entry("gpipe", 4, 1.2, 1.6),
+        "b": entry("1f1b", 4, 1.7, 1.4),
+        "c": entry("gpipe", 2, 9.0, 9.0),  # M < 4: not judged
+    }
+    verdicts = goal_verdicts(["200"], entries)["models"]["200"]
+    fastest, same = verdicts["fastest_single"], verdicts["same_microbatches"]
+    assert fastest["gpipe"]["best_variant"] == "distributed gpipe m4"
+    assert not fastest["gpipe"]["met"]
+    assert fastest["any"]["best_variant"] == "distributed 1f1b m4" and fastest["any"]["met"]
+    assert same["gpipe"]["against"] == "single autograd m4" and same["gpipe"]["met"]
+
+
+def test_quietness():
+    assert quietness([None, None])["median"] is None
+    assert quietness([None, None])["quiet"] is False
+    busy = quietness([0.02, None, 0.5, 0.04])
+    assert busy["median"] == 0.04 and busy["max"] == 0.5 and busy["quiet"] is True
 
 
 def test_help():
