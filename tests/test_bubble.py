@@ -56,7 +56,9 @@ def write_timeline(path, rows, header=HEADER):
 
 def write_run_json(path, engine="distributed", schedule="gpipe", microbatches=4, **params):
     settings = {**DEFAULT_SETTINGS, "microbatches": microbatches, **params}
-    if engine is not None:
+    if engine is None:  # a run.json of a version before the engines
+        settings = {k: v for k, v in settings.items() if k not in ("engine", "schedule")}
+    else:
         settings |= {"engine": engine, "schedule": schedule}
     path.write_text(json.dumps(make_record("r", settings), indent=2) + "\n")
     return path
