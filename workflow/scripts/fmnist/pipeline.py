@@ -265,7 +265,7 @@ class PipelineTrainer(Trainer):
         dist.gather_object(cpu_state(part), parts, dst=0)
         if not self.first:
             return None
-        state = super().state_dict() | {"model": {}, "optimizer": {"stages": []}}
+        state = {"model": {}, "optimizer": {"stages": []}, **self.position_state()}
         for p in parts:
             state["model"].update(p["model"])
             state["optimizer"]["stages"].append(p["optimizer"])

@@ -87,9 +87,15 @@ class Trainer:
     # -- checkpoint state --------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "fingerprint": self.fingerprint,
             "model": cpu_state(self.model.state_dict()),
             "optimizer": cpu_state(self.optimizer.state_dict()),
+            **self.position_state(),
+        }
+
+    def position_state(self) -> dict:
+        """The checkpoint but the weights and the optimizer: where the run stands."""
+        return {
+            "fingerprint": self.fingerprint,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
             "epoch": self.epoch,
