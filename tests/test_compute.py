@@ -311,6 +311,35 @@ def test_a_local_run_from_its_benchmark(tmp_path):
     assert run["cpu_hours"] == pytest.approx(2 * 52.5 / 3600) and run["gpu_hours"] == 0.0
 
 
+def test_a_distributed_gpu_run_without_sacct_counts_a_gpu_per_stage_process(tmp_path):
+    """Under srun each task sees its own GPU as cuda:0: two stage processes, two GPUs."""
+    ranks = [
+        {
+            "rank": r,
+            "local_rank": 0,
+            "hostname": f"gpu{r}",
+            "device": "cuda:0",
+            "device_name": "NVIDIA H100",
+            "gpu_uuid": f"GPU-{r}",
+            "cuda_visible_devices": "0",
+            "cpu_capability": "AVX2",
+            "slurm_task_id": str(r),
+        }
+        for r in range(2)
+    ]
+    attempt = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"}
+    folder = write_run_folder(
+        tmp_path,
+        "dist",
+        ROWS,
+        {**BASE_PARAMS, "epochs": 2, "engine": "distributed"},
+        setup={"threads": 1, "devices": ["cuda:0", "cuda:0"]},
+        attempts=[{**attempt, "ranks": ranks}],
+    )
+    run = gather_runs([folder], None).runs.iloc[0]
+    assert run["alloc_gpus"] == 2.0 and run["gpu_hours"] == pytest.approx(2.0)
+
+
 # --------------------------------------------------------------------------- statement
 
 

@@ -131,6 +131,16 @@ def test_hand_written_step_only_where_all_stages_are_on_the_cpu(torch_state):
     assert type(make_step(cpu_model, cpu_adam, 10, settings_autograd)) is AutogradStep
 
 
+@pytest.mark.parametrize("devices", [[CPU, META], [META, CPU], [META, META]])
+def test_the_hand_written_step_refuses_a_stage_off_the_cpu(torch_state, devices):
+    """Its ATen calls are proven bitwise autograd's on the CPU only; built for a GPU stage
+    (the benchmark's floor once did) it says so instead of running unchecked kernels."""
+    model = ModelParallelMLP(8, devices)
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="runs on the CPU only .* use AutogradStep"):
+        TrainStep(model, adam, 10, 1)
+
+
 @pytest.mark.parametrize(
     ("hidden_sizes", "split", "activation"),
     [([8], [2], "log_softmax"), ([8], [1, 1], "relu"), ([8, 8], [1, 2], "log_softmax")],

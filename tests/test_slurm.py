@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -523,3 +524,38 @@ def test_profile_names_no_machine_specific_values():
     # The workflow's own needs live in the config, not in the profile.
     assert "set-resources" not in profile
     assert os.path.isdir(REPO / "profiles/local")
+
+
+def test_stage_tasks_get_one_gpu_each_inside_a_job_that_asked_per_gpu(slurm_cluster, tmp_path):
+    """Our training jobs ask sbatch for --ntasks-per-gpu=1, which the job's environment
+    carries as SLURM_NTASKS_PER_GPU; srun refuses its --gpus-per-task beside that. The
+    launcher's step (fmnist.launch's command and environment) must still start one task
+    per stage, each bound to its own GPU (its own CUDA_VISIBLE_DEVICES)."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            import os, subprocess, sys
+            sys.path.insert(0, {str(REPO / "workflow/scripts")!r})
+            from fmnist.launch import srun_command, srun_environment
+            assert os.environ["SLURM_NTASKS_PER_GPU"] == "1"
+            task = ["bash", "-c", "echo task=$SLURM_PROCID gpus=$CUDA_VISIBLE_DEVICES"]
+            command = srun_command(2, threads=1, gpus=True, tasks_per_node=None) + task
+            done = subprocess.run(command, env=srun_environment(os.environ, 29500))
+            sys.exit(done.returncode)
+            """
+        )
+    )
+    out = tmp_path / "job.out"
+    submit = [
+        "sbatch", "--parsable", "--wait", "-p", "debug", "-A", "root", "-t", "2",
+        "--gpus=2", "--ntasks-per-gpu=1", "--ntasks=2", "--cpus-per-task=1",
+        "-o", str(out), "--wrap", f"{sys.executable} {script}",
+    ]  # fmt: skip
+    done = subprocess.run(submit, env=slurm_env(), capture_output=True, text=True, timeout=120)
+    output = out.read_text() if out.exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + output
+    tasks = sorted(line for line in output.splitlines() if line.startswith("task="))
+    assert [t.split()[0] for t in tasks] == ["task=0", "task=1"], output
+    gpus = [t.split("gpus=")[1] for t in tasks]
+    assert len(set(gpus)) == 2 and all(len(g.split(",")) == 1 for g in gpus), output

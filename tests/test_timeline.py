@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import train_batch
+from cuda_standin import CudaRuleError, fake_cuda
 from fmnist import bubble, settings, timeline
 from fmnist.kernel_step import TrainStep
 from fmnist.model import ModelParallelMLP, pipelined_backward
@@ -98,3 +99,66 @@ def test_the_window_is_a_few_batches_after_the_first():
     assert timeline.window(600) == range(1, 5)
     assert timeline.window(3) == range(1, 3)
     assert timeline.window(1) == range(0, 1)
+
+
+# ------------------------------------------------ GPU layouts, under CUDA's rules (stand-in)
+GPU_LAYOUTS = [
+    ["cuda:0", "cuda:1"],  # the default with two GPUs
+    ["cuda:0", "cpu"],
+    ["cpu", "cuda:0"],
+    ["cuda:0", "cuda:0", "cuda:1"],  # auto: 3 stages on 2 GPUs
+    ["cuda:0", "cuda:0"],
+]
+
+
+@pytest.mark.parametrize("layout", GPU_LAYOUTS, ids="+".join)
+@pytest.mark.parametrize("microbatches", [1, 4])
+def test_gpu_layouts_measure_each_span_on_its_own_device(
+    synthetic_data, monkeypatch, layout, microbatches
+):
+    """Each span's two timestamps and its origin belong to the stage's device: CUDA events
+    are compared only with events of their own device (the stand-in raises as CUDA does),
+    CPU stamps only with the CPU clock. The model computes on the CPU; only the timestamps
+    are taken as they would be on the layout's devices."""
+    fake_cuda(monkeypatch, count=2)
+    stages = len(layout)
+    torch.manual_seed(0)
+    model = ModelParallelMLP([32] * (stages - 1), [CPU] * stages, activation="relu")
+    record = timeline.Timeline({s: torch.device(d) for s, d in enumerate(layout)})
+    x, y = train_batch(synthetic_data, slice(0, 40))
+    pipelined_backward(model, x, y, microbatches, record)
+    rows = record.rows()
+    assert sorted(passes(rows)) == sorted(
+        (s, mb, phase)
+        for s in range(stages)
+        for mb in range(microbatches)
+        for phase in ("forward", "backward")
+    )
+    for row in rows:
+        assert 0 <= row["start_seconds"] <= row["end_seconds"], row
+    # Each stage's backward of a micro-batch ends before the stage below starts its own.
+    spans = {(r["stage"], r["microbatch"], r["phase"]): r for r in rows}
+    for mb in range(microbatches):
+        for s in range(stages - 1):
+            upper, lower = spans[(s + 1, mb, "backward")], spans[(s, mb, "backward")]
+            assert upper["end_seconds"] <= lower["end_seconds"] + 1e-3
+
+
+def test_the_stand_in_refuses_what_cuda_refuses(monkeypatch):
+    """The rules the timeline test relies on, so that it cannot pass by accident."""
+    cuda = fake_cuda(monkeypatch, count=2)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(torch.cuda.current_stream(torch.device("cuda:0")))
+    b.record(torch.cuda.current_stream(torch.device("cuda:1")))
+    with pytest.raises(CudaRuleError, match="NotReady"):
+        a.elapsed_time(a)
+    cuda.synchronize(0), cuda.synchronize(1)
+    with pytest.raises(CudaRuleError, match="events of cuda:0 and cuda:1"):
+        a.elapsed_time(b)
+    with pytest.raises(TypeError):
+        a.elapsed_time(1.0)
+    with pytest.raises(CudaRuleError, match="recorded on a stream of cuda:1"):
+        a.record(torch.cuda.current_stream(torch.device("cuda:1")))
+    with pytest.raises(CudaRuleError, match="invalid device ordinal 2"):
+        torch.cuda.current_stream(torch.device("cuda:2"))
+    assert a.elapsed_time(a) == 0

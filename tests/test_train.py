@@ -18,12 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, SCRIPTS_DIR, import_script, train_batch
+from cuda_standin import fake_cuda
 from fmnist import checkpoint, files, idx, runfiles, settings
 from fmnist.checkpoint import STATE_KEYS
 from fmnist.trainer import EXIT_RESUMABLE, LOCK_FILE, Trainer
@@ -730,6 +732,36 @@ def test_running_out_of_memory_is_a_message_with_the_memory_needed(synthetic_dat
     assert "This run needs at least 6,074 MB" in result.stderr
     assert "resources.train_model_parallel.mem_mb" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_gpu_out_of_memory_names_gpu_memory_not_mem_mb(
+    synthetic_data, tmp_path, monkeypatch, capsys, torch_state
+):
+    """CUDA's out-of-memory error (what torch raises when a stage's GPU is full) is a
+    permanent failure whose advice is about GPU memory: mem_mb (host memory) cannot help."""
+
+    def full_gpu(*args):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.19 GiB of which 1.06 GiB is free."
+        )
+
+    monkeypatch.setattr(train_py, "train", full_gpu)
+    with pytest.raises(SystemExit) as exit_:
+        train_py.main(cli(synthetic_data, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("error: GPU out of memory (CUDA out of memory. Tried to allocate")
+    assert "split the model over more GPUs (train.devices, train.stage_split)" in err
+    assert "mem_mb is host memory and does not help" in err
+    assert "raise resources.train_model_parallel.mem_mb" not in err
+
+
+def test_peak_memory_has_a_column_per_gpu_of_the_layout(monkeypatch):
+    """Under CUDA's rules (the stand-in): one column per distinct GPU, named by its index."""
+    fake_cuda(monkeypatch, 2)
+    layout = SimpleNamespace(devices=[torch.device(d) for d in ("cuda:1", "cuda:0", "cpu")])
+    assert Trainer.peak_memory(layout) == {"peak_memory_mb_cuda0": 1.0, "peak_memory_mb_cuda1": 2.0}
 
 
 # ------------------------------------------------------------------ 12. N stages

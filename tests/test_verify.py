@@ -37,8 +37,12 @@ def weights() -> dict:
     }
 
 
-def run_folder(root: Path, name: str, rows=ROWS, state=None, setup=None, attempts=None) -> Path:
-    folder = write_run_folder(root / name, "base", rows, PARAMS, setup=setup, attempts=attempts)
+def run_folder(
+    root: Path, name: str, rows=ROWS, state=None, setup=None, attempts=None, header=HEADER
+) -> Path:
+    folder = write_run_folder(
+        root / name, "base", rows, PARAMS, header=header, setup=setup, attempts=attempts
+    )
     torch.save(state or weights(), folder / runfiles.MODEL_FILE)
     return folder
 
@@ -62,6 +66,20 @@ def test_times_are_not_compared(tmp_path):
     row = verify.compare_run(run_folder(tmp_path, "a"), run_folder(tmp_path, "b", slower))
     assert row["verdict"] == "reproduced"
     assert not any(key.startswith(("epoch_seconds", "samples_per")) for key in row)
+
+
+@pytest.mark.parametrize("column", ["peak_memory_mb_cuda0", "peak_memory_mb_stage1"])
+def test_peak_memory_is_a_measurement_not_compared(tmp_path, column):
+    """Both engines' peak memory columns (single process: per GPU; distributed: per stage
+    process) differ between identical GPU runs; only the numbers must repeat."""
+    rows_a = [(*r, 100.0 + r[0]) for r in ROWS]
+    rows_b = [(*r, 200.0 + r[0]) for r in ROWS]
+    a = run_folder(tmp_path, "a", rows_a, header=f"{HEADER},{column}")
+    b = run_folder(tmp_path, "b", rows_b, header=f"{HEADER},{column}")
+    row = verify.compare_run(a, b)
+    assert (row["verdict"], row["passed"]) == ("reproduced", "yes")
+    assert not any(key.startswith("peak_memory") for key in row)
+    assert verify.metric_columns([*HEADER.split(","), column]) == HEADER.split(",")[:4]
 
 
 def test_a_metric_one_ulp_off_is_not_reproduced(tmp_path):

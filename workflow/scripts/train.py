@@ -169,6 +169,10 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     the run is finished, False if they stopped early (they leave a checkpoint)."""
     stages = settings.stage_count(params)
     script = str(Path(__file__).resolve())
+    if not os.environ.get("SLURM_JOB_ID"):  # under SLURM, srun gives each task its GPU
+        from fmnist.ranks import check_local_stage_devices
+
+        check_local_stage_devices(params["devices"], stages)
     if params["devices"] == "auto":
         import torch
 
@@ -229,11 +233,23 @@ def out_of_memory(err: RuntimeError) -> bool:
 
 
 def out_of_memory_message(err: RuntimeError, params: dict) -> str:
+    """What ran out (a GPU's memory or the host's) and what to change: mem_mb is host
+    memory, which a GPU out of memory does not need more of."""
+    needed = (
+        f"This run needs at least {settings.working_memory_mb(params):,.0f} MB beyond torch and "
+        f"the data (train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
+        f"{params['batch_size']})"
+    )
+    if "CUDA out of memory" in str(err):
+        return (
+            f"GPU out of memory ({str(err).splitlines()[0]}). {needed}, spread over the "
+            "stages' GPUs: lower them, or split the model over more GPUs (train.devices, "
+            "train.stage_split); resources.train_model_parallel.mem_mb is host memory and "
+            "does not help"
+        )
     return (
-        f"out of memory ({str(err).splitlines()[0]}). This run needs at least "
-        f"{settings.working_memory_mb(params):,.0f} MB beyond torch and the data "
-        f"(train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
-        f"{params['batch_size']}): raise resources.train_model_parallel.mem_mb or lower them"
+        f"out of memory ({str(err).splitlines()[0]}). {needed}: raise "
+        "resources.train_model_parallel.mem_mb or lower them"
     )
 
 

@@ -291,9 +291,10 @@ def build_variants(args, data_dir: Path, root: Path, work: Path, devices) -> lis
         ("floor_eager_for_loop_zero", EagerFloor(batch, devices, args, steps, "for_loop", False)),
         ("floor_eager_fused", EagerFloor(batch, devices, args, steps, "fused", True)),
     ]
-    variants += [
-        (f"floor_trainstep_{impl}", TrainStepFloor(batch, devices, args, steps, impl))
-        for impl in args.adam_impls
-    ]
+    if all(device.type == "cpu" for device in devices):  # the hand-written step is the CPU's
+        variants += [
+            (f"floor_trainstep_{impl}", TrainStepFloor(batch, devices, args, steps, impl))
+            for impl in args.adam_impls
+        ]
     variants.append(("matmul_bound", MatmulBound(batch, devices, args, steps)))
     return variants

@@ -169,7 +169,12 @@ def attempt_end(attempt: dict, is_last: bool) -> str:
     return "running" if is_last else "failed"  # it died: the next attempt resumed
 
 
-def stage_gpus(record: dict) -> int:
+def stage_gpus(record: dict, attempt: dict) -> int:
+    """GPUs the attempt's stages used. The distributed engine's processes each hold a GPU of
+    their own (it refuses two on one), though under srun each names it cuda:0; one process
+    uses its distinct CUDA devices."""
+    if attempt.get("ranks"):
+        return sum(rank["device"].startswith("cuda") for rank in attempt["ranks"])
     return len({d for d in record["setup"]["devices"] if d.startswith("cuda")})
 
 
@@ -179,7 +184,7 @@ def _attempt_gpus(record: dict, attempt: dict) -> float:
     slurm = attempt["slurm"] or {}
     if slurm.get("gpus"):
         return float(len(str(slurm["gpus"]).split(",")))
-    return float(stage_gpus(record))
+    return float(stage_gpus(record, attempt))
 
 
 def _hours(count: float, seconds: float) -> float:

@@ -43,8 +43,22 @@ def srun_command(stages: int, threads: int, gpus: bool, tasks_per_node: int | No
     return words
 
 
+# What the allocation may export that the step's own --gpus-per-task=1 conflicts with:
+# "srun: fatal: --gpus-per-task is mutually exclusive with --ntasks-per-gpu and
+# SLURM_NTASKS_PER_GPU" (our jobs ask sbatch for --ntasks-per-gpu=1, and a job script of
+# a user's may too). The step asks for what it needs itself: one GPU per task.
+ALLOCATION_ONLY = ("SLURM_NTASKS_PER_GPU",)
+
+
+def srun_environment(environ: dict, master_port: int) -> dict:
+    """The stage tasks' environment: the job's, where to meet (task 0 runs on this node,
+    the job's first), without what srun would refuse beside the step's own options."""
+    env = {k: v for k, v in environ.items() if k not in ALLOCATION_ONLY}
+    return env | {"MASTER_ADDR": socket.gethostname(), "MASTER_PORT": str(master_port)}
+
+
 def run_with_srun(argv: list[str], stages: int, threads: int, gpus: bool, per_node) -> int:
-    env = dict(os.environ, MASTER_ADDR=socket.gethostname(), MASTER_PORT=str(free_port()))
+    env = srun_environment(os.environ, free_port())
     command = [*srun_command(stages, threads, gpus, per_node), sys.executable, *argv]
     log(f"starting {stages} stage processes: {shlex.join(command)}")
     return worst_exit_status([subprocess.run(command, env=env, check=False).returncode])

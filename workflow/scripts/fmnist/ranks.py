@@ -9,6 +9,7 @@ sets them; under SLURM fmnist.launch does, on the job's first node, where task 0
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -72,50 +73,123 @@ class RankContext:
         return self.device if self.backend == "nccl" else torch.device("cpu")
 
 
-def rank_device(requested, rank: int, local_rank: int) -> torch.device:
-    """Stage ``rank``'s device from train.devices (auto, one per stage, or one for all);
-    a bare cuda (or auto) is the GPU of this node matching the process's local rank."""
+def rank_device(requested, rank: int, local_rank: int, launcher: str) -> torch.device:
+    """Stage ``rank``'s device from train.devices (auto, one per stage, or one for all).
+
+    A bare ``cuda`` (or auto) is this process's GPU on its node, the one matching its
+    local rank. An index names a GPU as a process that sees all of the node's GPUs numbers
+    it (torchrun's processes do). srun binds each task to its own GPU, which the task then
+    sees as its only one, cuda:0: there the binding decides which GPU a stage gets, and the
+    index is read through it.
+    """
     count = torch.cuda.device_count()
     if requested == "auto":
         name = "cuda" if count else "cpu"
     else:
         name = requested[rank] if len(requested) > 1 else requested[0]
     device = torch.device(name)
-    if device.type == "cuda":
-        if count == 0 or (device.index is not None and device.index >= count):
-            raise DeviceError(
-                f"train.devices asks stage {rank} for {name} but this process sees no such "
-                f"GPU ({visible_cuda()}); use devices: auto or cpu"
-            )
-        device = torch.device("cuda", local_rank % count if device.index is None else device.index)
-    return device
-
-
-def start_process_group(env: RankEnvironment, requested, timeout_seconds: int) -> RankContext:
-    """Join the other stages (bounded by ``timeout_seconds``) and learn about them."""
-    device = rank_device(requested, env.rank, env.local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    options = {"device_id": device} if backend == "nccl" else {}
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend,
-        rank=env.rank,
-        world_size=env.world_size,
-        timeout=dt.timedelta(seconds=timeout_seconds),
-        **options,
+    if device.type != "cuda":
+        return device
+    if count == 0:
+        raise DeviceError(
+            f"train.devices asks stage {rank} for {name} but this process sees no GPU "
+            f"({visible_cuda()}); use devices: auto or cpu"
+        )
+    if device.index is None:
+        return torch.device("cuda", local_rank % count)
+    if device.index < count:
+        return device
+    if launcher == "srun" and count == 1:
+        return torch.device("cuda", 0)  # the one GPU srun bound this task to
+    raise DeviceError(
+        f"train.devices asks stage {rank} for {name} but this process sees {count} GPU(s) "
+        f"({visible_cuda()}); use devices: auto, [cuda, cuda] (each process's own GPU) or cpu"
     )
-    me = {
+
+
+def gpu_id(device: torch.device) -> str | None:
+    """What tells one GPU from another across processes: its UUID (None for the CPU)."""
+    if device.type != "cuda":
+        return None
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def check_one_process_per_gpu(ranks: list[dict]) -> None:
+    """NCCL allows one process per GPU ("Duplicate GPU detected" otherwise, an error that
+    looks transient): refuse two stages' processes on one GPU, naming the setting."""
+    holders: dict[str, list[dict]] = {}
+    for record in ranks:
+        if record["gpu_uuid"] is not None:
+            holders.setdefault(record["gpu_uuid"], []).append(record)
+    for shared in holders.values():
+        if len(shared) > 1:
+            who = ", ".join(f"stage {r['rank']} ({r['device']})" for r in shared)
+            raise DeviceError(
+                f"train.devices: {who} would share one GPU on {shared[0]['hostname']}, but "
+                "train.engine distributed runs one process per stage and NCCL allows one "
+                "process per GPU; give each stage its own GPU (as many visible as stages), or "
+                "use train.engine single_process, which can put several stages on one GPU"
+            )
+
+
+def check_local_stage_devices(requested, stages: int) -> None:
+    """Before torchrun starts the stages on this machine: the device each stage's process
+    will take (rank = local rank here), no GPU taken by two of them."""
+    devices = [rank_device(requested, rank, rank, "torchrun") for rank in range(stages)]
+    host = socket.gethostname()
+    check_one_process_per_gpu(
+        [
+            {"rank": rank, "device": str(d), "gpu_uuid": gpu_id(d), "hostname": host}
+            for rank, d in enumerate(devices)
+        ]
+    )
+
+
+def rank_record(env: RankEnvironment, device: torch.device) -> dict:
+    """This process's entry in run.json's attempts[].ranks."""
+    return {
         "rank": env.rank,
         "local_rank": env.local_rank,
         "hostname": socket.gethostname(),
         "device": str(device),
         "device_name": device_name(device),
+        "gpu_uuid": gpu_id(device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "slurm_task_id": env.slurm_task,
     }
-    ranks = [None] * env.world_size
-    dist.all_gather_object(ranks, me)
+
+
+def exchange_records(store, me: dict, world_size: int) -> list[dict]:
+    """Every rank's record, through the rendezvous store: no communicator exists yet."""
+    store = dist.PrefixStore("fmnist/ranks", store)
+    store.set(str(me["rank"]), json.dumps(me))
+    return [json.loads(store.get(str(r))) for r in range(world_size)]
+
+
+def start_process_group(env: RankEnvironment, requested, timeout_seconds: int) -> RankContext:
+    """Join the other stages (bounded by ``timeout_seconds``) and learn about them.
+
+    The processes meet at the rendezvous store first and check each other's devices there,
+    before NCCL makes a communicator (and refuses two processes on one GPU in its own way).
+    """
+    device = rank_device(requested, env.rank, env.local_rank, env.launcher)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
+    timeout = dt.timedelta(seconds=timeout_seconds)
+    store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    ranks = exchange_records(store, rank_record(env, device), env.world_size)
+    check_one_process_per_gpu(ranks)
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore("default_pg", store),
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timeout,
+        **({"device_id": device} if backend == "nccl" else {}),
+    )
     return RankContext(env, device, backend, ranks)
 
 

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,18 @@ class RunFileError(Exception):
 
 EPOCH_COLUMNS = list(load_schema("epochs")["properties"])
 """The columns every epochs.csv written by training has, in order."""
+
+
+def is_measurement(column: str) -> bool:
+    """Whether an epochs.csv column is a reading of the machine (a time, a peak memory),
+    not meant to repeat: what epochs.schema.yaml marks x-measurement."""
+    schema = load_schema("epochs")
+    if column in schema["properties"]:
+        return bool(schema["properties"][column].get("x-measurement"))
+    return any(
+        entry.get("x-measurement") and re.fullmatch(pattern.strip("^$"), column)
+        for pattern, entry in schema["patternProperties"].items()
+    )
 
 
 def _key(path) -> str:

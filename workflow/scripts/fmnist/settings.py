@@ -169,11 +169,29 @@ def check_distributed(params: dict) -> None:
             f"train.engine distributed needs every stage on the same kind of device "
             f"(its processes talk over NCCL between GPUs or gloo between CPUs), got {devices}"
         )
+    check_one_gpu_per_process(devices, stage_count(params))
     batch, micro = params["batch_size"], params["microbatches"]
     if batch % micro:
         raise SettingError(
             f"train.engine distributed needs train.batch_size ({batch}) to be a multiple "
             f"of train.microbatches ({micro}): every micro-batch has the same size"
+        )
+
+
+def check_one_gpu_per_process(devices, stages: int) -> None:
+    """The distributed engine's processes each need a GPU of their own (NCCL allows one
+    process per GPU): refuse a list that names one GPU for two stages. (A bare cuda is each
+    process's own GPU; whether enough are visible is checked where the processes start.)"""
+    if devices == "auto":
+        return
+    named = [d for d in (devices * stages if len(devices) == 1 else devices) if ":" in d]
+    shared = sorted({d for d in named if d.startswith("cuda") and named.count(d) > 1})
+    if shared:
+        raise SettingError(
+            f"train.devices {devices} puts several stages on {', '.join(shared)}, but "
+            "train.engine distributed runs one process per stage and NCCL allows one process "
+            "per GPU: name a GPU per stage (e.g. [cuda:0, cuda:1]), write [cuda, cuda] for "
+            "each process's own GPU, or use train.engine single_process to share a GPU"
         )
 
 

@@ -72,15 +72,17 @@ class Timeline:
         self.add(stage, microbatch, phase, start, self.mark(stage))
 
     def backward(self, loss: torch.Tensor, stage_outputs: list, microbatch: int) -> None:
-        """loss.backward(), timed per stage: stage s's backward ends when the gradient of
-        its input, stage s-1's output, is ready (a hook on that tensor), where stage s-1's
-        begins; the last stage's begins with the loss."""
+        """loss.backward(), timed per stage: stage s's backward runs from when the gradient
+        of its output is ready (the loss, for the last stage) until the gradient of its
+        input, stage s-1's output, is (a hook on that tensor). Both ends of a span are
+        taken on the stage's own device: CUDA measures events of one device only."""
         last = len(stage_outputs) - 1
-        marks = {last + 1: self.mark(last)}
+        starts, ends = {last: self.mark(last)}, {}
 
-        def hook_for(s):
+        def hook_for(s):  # the gradient of stage s's output: s + 1 is done, s begins
             def hook(grad):
-                marks[s + 1] = self.mark(s)
+                ends[s + 1] = self.mark(s + 1)
+                starts[s] = self.mark(s)
 
             return hook
 
@@ -90,9 +92,9 @@ class Timeline:
         finally:
             for handle in handles:
                 handle.remove()
-        marks[0] = self.mark(0)
+        ends[0] = self.mark(0)
         for s in range(last, -1, -1):
-            self.add(s, microbatch, "backward", marks[s + 1], marks[s])
+            self.add(s, microbatch, "backward", starts[s], ends[s])
 
     def rows(self) -> list[dict]:
         """The spans as timeline.csv rows (waits for the GPUs to finish the window)."""

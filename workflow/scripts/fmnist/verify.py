@@ -17,7 +17,6 @@ Only :func:`compare_weights` imports torch (to read model.pt), when it is called
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import pandas as pd
 from . import htmltables as h
 from . import runfiles
 
-TIME_COLUMN = re.compile(r"^(epoch_seconds|samples_per_second|peak_memory_mb_cuda\d+)$")
 VERSIONS = ["python", "torch", "cuda", "cudnn", "numpy", "torchvision"]
 
 NOT_COMPARABLE = ["settings", "data"]
@@ -81,7 +79,8 @@ def abs_rel(a: float, b: float) -> tuple[float, float]:
 
 
 def metric_columns(columns) -> list[str]:
-    return [c for c in columns if not TIME_COLUMN.match(c)]
+    """The columns that must repeat: all but the measurements (times, peak memory)."""
+    return [c for c in columns if not runfiles.is_measurement(c)]
 
 
 def compare_metrics(original: dict[str, list], rerun: dict[str, list]) -> tuple[Comparison, int]:
