@@ -17,6 +17,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/benchmark.smk"
 
 
 rule all:

@@ -153,7 +153,7 @@ class Context:
         return run
 
     def batches_per_epoch(self) -> int:
-        from fmnist.idx import load_split
+        from fmnist.data.idx import load_split
 
         return -(-len(load_split(self.data, "train")[1]) // 100)
 
@@ -505,7 +505,7 @@ def main(argv=None) -> int:
         return 2
     gpus = args.rehearse_on_cpu if rehearse else gpus
     results["machine"] = machine(0 if rehearse else gpus) | {"rehearsal_on_cpu": rehearse}
-    from fmnist.synthetic import write_synthetic
+    from fmnist.data.synthetic import write_synthetic
 
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)  # runs of an earlier check are not reused

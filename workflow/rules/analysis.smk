@@ -1,4 +1,4 @@
-from fmnist.labels import run_labels
+from fmnist.report.labels import run_labels
 
 # Every run's pipeline timeline (rule plot_pipeline_timeline), for `rule all` to ask for.
 PIPELINE_FIGURES = expand(
@@ -7,12 +7,13 @@ PIPELINE_FIGURES = expand(
 
 
 localrules:
-    gather_epoch_logs,
-    plot_loss_curves,
+    gather_tables,
+    render_report_pages,
+    plot_training_curves,
     plot_pipeline_timeline,
 
 
-rule gather_epoch_logs:
+rule gather_tables:
     input:
         epochs=run_outputs("epochs.csv"),
         provenance=run_outputs("run.json"),
@@ -67,7 +68,34 @@ rule gather_epoch_logs:
             caption="../report/compute_statement.rst",
             category="Compute",
         ),
-        # The report's pages: the tables readable in the report itself.
+    log:
+        "results/logs/gather_tables.log",
+    benchmark:
+        "results/benchmarks/gather_tables.tsv"
+    conda:
+        "../envs/python.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        script=script_path("gather.py"),
+        out_dir=lambda wildcards, output: Path(output.epochs).parent,
+        run_dirs=lambda wildcards, input: [Path(p).parent for p in input.provenance],
+        # Read if there (local runs); on a cluster sacct says more (asked on the login node).
+        benchmarks="results/benchmarks/train_model_parallel",
+    shell:
+        "python {params.script:q} --out {params.out_dir:q} --sacct auto"
+        " --benchmarks {params.benchmarks:q} {params.run_dirs:q} > {log:q} 2>&1"
+
+
+# The tables readable in the report itself, one page per run, the landing paragraph.
+rule render_report_pages:
+    input:
+        tables=expand(
+            "results/tables/{table}.csv",
+            table=["epochs", "runs", "summary", "provenance", "compute"],
+        ),
+    output:
         summary_html=report(
             "results/tables/summary.html",
             caption="../report/summary_table.rst",
@@ -100,28 +128,25 @@ rule gather_epoch_logs:
             labels=lambda wildcards: run_labels(wildcards.run, RUNS, config["sweep"]),
         ),
     log:
-        "results/logs/gather_epoch_logs.log",
+        "results/logs/render_report_pages.log",
     benchmark:
-        "results/benchmarks/gather_epoch_logs.tsv"
+        "results/benchmarks/render_report_pages.tsv"
     conda:
         "../envs/python.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        script=script_path("gather.py"),
-        out_dir=lambda wildcards, output: Path(output.epochs).parent,
-        run_dirs=lambda wildcards, input: [Path(p).parent for p in input.provenance],
-        # Read if there (local runs); on a cluster sacct says more (asked on the login node).
-        benchmarks="results/benchmarks/train_model_parallel",
+        script=script_path("render_pages.py"),
+        tables=lambda wildcards, input: Path(input.tables[0]).parent,
+        out_dir=lambda wildcards, output: Path(output.overview).parent,
         synthetic="--synthetic-data" if config["data"]["synthetic"] is not None else "",
     shell:
-        "python {params.script:q} --out {params.out_dir:q} --sacct auto"
-        " --benchmarks {params.benchmarks:q} --pages {params.synthetic}"
-        " {params.run_dirs:q} > {log} 2>&1"
+        "python {params.script:q} --tables {params.tables:q} --out {params.out_dir:q}"
+        " {params.synthetic} > {log:q} 2>&1"
 
 
-rule plot_loss_curves:
+rule plot_training_curves:
     input:
         epochs="results/tables/epochs.csv",
         runs="results/tables/runs.csv",
@@ -164,9 +189,9 @@ rule plot_loss_curves:
             labels={"figure": "throughput", "format": "vector PDF"},
         ),
     log:
-        "results/logs/plot_loss_curves.log",
+        "results/logs/plot_training_curves.log",
     benchmark:
-        "results/benchmarks/plot_loss_curves.tsv"
+        "results/benchmarks/plot_training_curves.tsv"
     conda:
         "../envs/python.yaml"
     resources:
@@ -177,7 +202,7 @@ rule plot_loss_curves:
         out_dir=lambda wildcards, output: Path(output.loss).parent,
     shell:
         "python {params.script:q} --epochs {input.epochs:q} --runs {input.runs:q}"
-        " --out-dir {params.out_dir:q} > {log} 2>&1"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # One figure per run, from the passes training timed in a few steps of epoch 1.
@@ -209,4 +234,4 @@ rule plot_pipeline_timeline:
         script=script_path("plot_timeline.py"),
     shell:
         "python {params.script:q} --timeline {input.timeline:q} --run-json {input.provenance:q}"
-        " --png {output.png:q} --pdf {output.pdf:q} > {log} 2>&1"
+        " --png {output.png:q} --pdf {output.pdf:q} > {log:q} 2>&1"

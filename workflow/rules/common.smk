@@ -1,11 +1,8 @@
 import hashlib
 import json
-import math
 import os
 import shlex
 import sys
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -13,81 +10,22 @@ from snakemake.exceptions import WorkflowError
 # Scripts run from the checkout (not a copy) so that they can import their package.
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
 sys.path.insert(0, str(SCRIPTS_DIR))
-from fmnist import idx, settings  # no torch: planning stays fast
-from fmnist.slurm_plugin import normalise_job_states
-from fmnist.sweep import build_runs as sweep_runs
+from fmnist.cluster.slurm_plugin import normalise_job_states
+from fmnist.config import stages  # no torch: planning stays fast
+from fmnist.config.settings import SettingError, command_line
+from fmnist.config.sweep import configured_runs
+from fmnist.data import idx
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
-INTEGER_KEYS = settings.integer_keys()
 
 
-def check_values(value, key):
-    """What JSON Schema lets through: NaN and infinity, integers written as 2.0, and
-    control characters (a pattern's $ accepts a trailing newline, which would split the
-    shell command the value goes into)."""
-    if isinstance(value, dict):
-        for name, item in value.items():
-            check_values(item, f"{key}.{name}" if key else name)
-    elif isinstance(value, list):
-        for item in value:
-            check_values(item, key)
-    elif isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise WorkflowError(f"config key {key}: {value!r} contains a control character")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise WorkflowError(f"config key {key}: {value} is not a finite number")
-    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_KEYS:
-        raise WorkflowError(f"config key {key}: {value} must be written as an integer")
-
-
-def build_runs(train, sweep):
-    """{run id: parameters} for the Cartesian product of the sweep over the base settings,
-    each run checked against the memory its job asks for."""
-    try:
-        runs = sweep_runs(train, sweep)
-        for name, params in runs.items():
-            settings.check_memory(params, TRAIN_RESOURCES["mem_mb"], name)
-    except settings.SettingError as err:
-        raise WorkflowError(f"invalid config: {err}") from None
-    return runs
-
-
-def check_time_limit(resources):
-    """Refuse a time limit that leaves a job no time to train before it must leave."""
-    work = resources["runtime"] * 60 - resources["signal_seconds"]
-    if work < 30:
-        raise WorkflowError(
-            f"resources.train_model_parallel.runtime ({resources['runtime']} min) leaves "
-            f"{work} s of training before signal_seconds ({resources['signal_seconds']} s): "
-            "a job needs at least 30 s. Raise runtime or lower signal_seconds."
-        )
-
-
-def check_data_dir(data):
-    """data.dir is where downloading writes the files, and deletes them before it runs
-    again; a mirror there would be deleted with them, so the two must differ."""
-    here = os.path.realpath(data["dir"])
-    for mirror in data["mirrors"]:
-        parsed = urllib.parse.urlparse(mirror)
-        if parsed.scheme not in ("", "file"):
-            continue
-        folder = urllib.request.url2pathname(parsed.path) if parsed.scheme else mirror
-        if here in {
-            os.path.realpath(p) for p in (folder, f"{folder}/FashionMNIST/raw")
-        }:
-            raise WorkflowError(
-                f"config key data.dir ({data['dir']}) is also listed in data.mirrors "
-                f"({mirror}): downloading would overwrite and, on a rerun, delete the "
-                "mirror's files. Point data.dir at another folder; it is filled from the mirror."
-            )
-
-
-# A cancelled job ("CANCELLED by <uid>" in sacct) must end the wait (fmnist/slurm_plugin.py).
+# A cancelled job ("CANCELLED by <uid>" in sacct) must end the wait (fmnist/cluster/slurm_plugin.py).
 normalise_job_states()
-check_values(config, "")
-check_data_dir(config["data"])
-RUNS = build_runs(config["train"], config["sweep"])
-check_time_limit(TRAIN_RESOURCES)
+try:
+    RUNS = configured_runs(config)
+except SettingError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
 
 
 def script_path(name):
@@ -132,7 +70,7 @@ def download_arguments(wildcards, input):
 
 def train_arguments(wildcards):
     """The training script's options for one run, derived from the schema's settings."""
-    words = settings.command_line(RUNS[wildcards.run])
+    words = command_line(RUNS[wildcards.run])
     words += ["--run-id", wildcards.run, "--swept", *sorted(config["sweep"])]
     return shlex.join(words)
 
@@ -150,7 +88,7 @@ def verify_params(wildcards):
 def stage_tasks(params):
     """Processes a run's job starts: one per stage for the distributed engine, else one."""
     if params["engine"] == "distributed":
-        return settings.stage_count(params)
+        return stages.stage_count(params)
     return 1
 
 

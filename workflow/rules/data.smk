@@ -23,11 +23,14 @@ rule make_synthetic_fashion_mnist:
     params:
         script=script_path("make_synthetic_fashion_mnist.py"),
         out_dir=lambda wildcards, output: Path(output.files[0]).parent,
-        synthetic=config["data"]["synthetic"],
+        # One value each: a mapping would rerun the rule when its keys come in another order.
+        train_size=lambda wildcards: config["data"]["synthetic"]["train_size"],
+        test_size=lambda wildcards: config["data"]["synthetic"]["test_size"],
+        seed=lambda wildcards: config["data"]["synthetic"]["seed"],
     shell:
         "python {params.script:q} --out-dir {params.out_dir:q}"
-        " --train-size {params.synthetic[train_size]} --test-size {params.synthetic[test_size]}"
-        " --seed {params.synthetic[seed]} > {log} 2>&1"
+        " --train-size {params.train_size} --test-size {params.test_size}"
+        " --seed {params.seed} > {log:q} 2>&1"
 
 
 # A local rule: on a cluster it runs on the login node, which has internet.
@@ -52,4 +55,4 @@ rule download_fashion_mnist:
         sources=download_arguments,
     shell:
         "python {params.script:q} --dest {params.dest:q} --manifest {output.manifest:q}"
-        " {params.sources} > {log} 2>&1"
+        " {params.sources} > {log:q} 2>&1"

@@ -28,6 +28,6 @@ rule train_model_parallel:
         "python {params.script:q} --data-dir {params.data_dir:q} --md5-file {input.manifest:q}"
         " --out-dir {params.out_dir:q} {params.options} --threads {params.process_threads}"
         " {params.launch}"
-        " --deadline-margin {resources.signal_seconds}"
+        " --signal-seconds {resources.signal_seconds}"
         " --failure-requeues {resources.failure_retries}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

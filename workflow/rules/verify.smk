@@ -1,6 +1,6 @@
 # `snakemake verify`: rerun chosen runs from scratch and compare them with the originals,
 # byte for byte (config verify:, fmnist/verify_plan.py and fmnist/verify.py).
-from fmnist.verify_plan import REPRODUCTION, VerifyPlan
+from fmnist.verify.plan import REPRODUCTION, VerifyPlan
 
 VERIFY = VerifyPlan(
     config["verify"]["runs"], config["verify"]["source"], RUNS, sorted(config["sweep"])
@@ -66,7 +66,7 @@ rule compare_reproduction:
         out_dir=lambda wildcards, output: Path(output.table).parent,
     shell:
         "python {params.script:q} compare {params.pairs} --out-dir {params.out_dir:q}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"
 
 
 # The target: fails (non-zero exit) when a run was not reproduced, naming it.
@@ -80,4 +80,4 @@ rule verify:
     params:
         script=script_path("verify.py"),
     shell:
-        "python {params.script:q} check {input:q} 2>&1 | tee {log}"
+        "python {params.script:q} check {input:q} 2>&1 | tee {log:q}"

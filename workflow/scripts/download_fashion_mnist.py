@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmnist.download import DownloadError, download_all
-from fmnist.idx import parse_md5_pairs, read_md5_file
-from fmnist.settings import defaults
+from fmnist.config.settings import defaults
+from fmnist.data.download import DownloadError, download_all
+from fmnist.data.idx import parse_md5_pairs, read_md5_file
 
 OFFICIAL = defaults()["data"]  # the official mirrors and sums: the config's defaults
 

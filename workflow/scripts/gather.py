@@ -1,4 +1,4 @@
-"""Gather run folders and tutorial logs into tables (the command line of fmnist.gathering).
+"""Gather run folders and tutorial logs into tables (the command line of fmnist.report.gathering).
 
 Each input PATH is either a run folder ``results/runs/{run_id}/`` holding ``epochs.csv``
 and ``run.json`` (written by training), or a plain-text log of the original tutorial
@@ -16,9 +16,7 @@ this machine, e.g. the login node; or a file holding ``sacct -D --parsable2`` ou
 from Snakemake's benchmark files (``--benchmarks DIR``, ``DIR/{run}.tsv``) for local
 runs, and from run.json's attempts otherwise.
 
-With ``--pages`` it also writes the Snakemake report's pages into the same folder:
-summary.html, runs.html, compute.html, provenance.html (sortable tables), overview.rst
-(the report's landing paragraph) and run_pages/{run}.html (one page per run).
+The report's pages are made from these files by render_pages.py.
 
 Must not import torch: gathering has to stay fast.
 """
@@ -28,9 +26,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fmnist.gathering import gather_runs
-from fmnist.runfiles import RunFileError
-from fmnist.sacct import FIELDS
+from fmnist.cluster.sacct import FIELDS
+from fmnist.report.gathering import gather_runs
+from fmnist.rundir.runfiles import RunFileError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,16 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Snakemake benchmark files of the training jobs, DIR/{run}.tsv "
         "(e.g. results/benchmarks/train_model_parallel)",
     )
-    parser.add_argument(
-        "--pages",
-        action="store_true",
-        help="also write the report's pages (HTML tables, landing paragraph, one page per run)",
-    )
-    parser.add_argument(
-        "--synthetic-data",
-        action="store_true",
-        help="the runs trained on generated data (data.synthetic): the pages say SYNTHETIC",
-    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder or tutorial log file")
     return parser.parse_args(argv)
 
@@ -93,8 +81,6 @@ def main(argv=None) -> int:
             args.skip_incomplete,
             sacct_source=args.sacct,
             benchmark_dir=args.benchmarks,
-            pages=args.pages,
-            synthetic=args.synthetic_data,
         )
     except RunFileError as err:
         print(f"gather.py: error: {err}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmnist.synthetic import SYNTHETIC_NOTICE, write_synthetic
+from fmnist.data.synthetic import SYNTHETIC_NOTICE, write_synthetic
 
 
 def main(argv=None) -> None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 import pandas as pd
-from fmnist.figures import plot_all
+from fmnist.report.figures import plot_all
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fmnist.bubble import plot_timeline
-from fmnist.runfiles import RunFileError
+from fmnist.report.timeline_figure import plot_timeline
+from fmnist.rundir.runfiles import RunFileError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

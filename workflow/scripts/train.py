@@ -11,7 +11,7 @@ exactly the metrics of an uninterrupted run.
 
 With train.engine distributed, this process starts one process per stage (torchrun
 locally, srun in a SLURM job: fmnist.launch) running this script with --as-rank, and
-waits for them; they train the run together (fmnist.pipeline).
+waits for them; they train the run together (fmnist.engine.distributed).
 
 Exit codes: 0 done (or, under SLURM, stopped early and the job requeued to go on);
 2 a failure running again cannot fix (arguments, devices, data, memory, a busy run
@@ -27,21 +27,24 @@ import sys
 import traceback
 from pathlib import Path
 
-from fmnist import settings
+from fmnist.cluster.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
+from fmnist.config import settings
+from fmnist.config.checks import check_run_params, working_memory_mb
+from fmnist.config.stages import stage_count
 from fmnist.console import log, quiet
-from fmnist.devices import DeviceError, resolve_devices
-from fmnist.files import LockedError
-from fmnist.idx import DataError, IdxFormatError, read_md5_file
-from fmnist.launch import EXIT_DIVERGED, launch_stages
-from fmnist.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
-from fmnist.runfiles import CHECKPOINT_FILE, RunFileError
-from fmnist.trainer import (
+from fmnist.data.idx import DataError, IdxFormatError, read_md5_file
+from fmnist.engine.devices import DeviceError, resolve_devices
+from fmnist.engine.launch import EXIT_DIVERGED, launch_stages
+from fmnist.engine.single_process import SingleProcessEngine
+from fmnist.engine.trainer import (
     EXIT_RESUMABLE,
     NonFiniteLossError,
     RunSetup,
     configure_determinism,
     train,
 )
+from fmnist.rundir.files import LockedError
+from fmnist.rundir.runfiles import CHECKPOINT_FILE, RunFileError
 
 
 def available_cpus() -> int:
@@ -69,10 +72,11 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
     settings.add_options(parser)
     parser.add_argument("--threads", type=int, default=available_cpus(), help="torch threads")
     parser.add_argument(
-        "--deadline-margin",
+        "--signal-seconds",
         type=float,
         default=90.0,
-        help="under SLURM, checkpoint and leave this many seconds before the time limit",
+        help="under SLURM, checkpoint and leave this many seconds before the time limit "
+        "(resources.train_model_parallel.signal_seconds; SLURM's warning signal comes then)",
     )
     parser.add_argument(
         "--failure-requeues",
@@ -100,6 +104,7 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     try:
         params = settings.params_from_args(args)
+        check_run_params(params)
     except settings.SettingError as err:
         parser.error(str(err))
     try:
@@ -110,7 +115,7 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         args.data_dir,
         args.out_dir,
         args.threads,
-        args.deadline_margin,
+        args.signal_seconds,
         args.run_id,
         args.swept,
         expected_md5=expected,
@@ -141,9 +146,9 @@ def main(argv=None) -> int:
         if params["engine"] == "distributed":
             finished = run_stage_processes(params, setup, sys.argv[1:] if argv is None else argv)
         else:
-            devices, why = resolve_devices(params["devices"], settings.stage_count(params))
+            devices, why = resolve_devices(params["devices"], stage_count(params))
             log(why)
-            finished = train(params, setup, devices)
+            finished = train(params, setup, SingleProcessEngine(devices))
     except PERMANENT as err:
         fail(str(err))
     except NonFiniteLossError:
@@ -167,10 +172,10 @@ class StageProcessesFailed(RuntimeError):
 def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     """The distributed engine: start the stages' processes and wait for them; True if
     the run is finished, False if they stopped early (they leave a checkpoint)."""
-    stages = settings.stage_count(params)
+    stages = stage_count(params)
     script = str(Path(__file__).resolve())
     if not os.environ.get("SLURM_JOB_ID"):  # under SLURM, srun gives each task its GPU
-        from fmnist.ranks import check_local_stage_devices
+        from fmnist.engine.ranks import check_local_stage_devices
 
         check_local_stage_devices(params["devices"], stages)
     if params["devices"] == "auto":
@@ -192,8 +197,8 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
 def run_stage_process(params: dict, setup: RunSetup) -> int:
     """One stage's process: 0 when the run is finished or stopped with a checkpoint, 2 for
     what running again cannot fix, 65 for a non-finite loss; else the error propagates."""
-    from fmnist import pipeline
-    from fmnist.ranks import RankEnvironment, start_process_group, stop_process_group
+    from fmnist.engine.distributed import DistributedEngine, PeerSetupError
+    from fmnist.engine.ranks import RankEnvironment, start_process_group, stop_process_group
 
     try:
         env = RankEnvironment.from_environment()
@@ -201,10 +206,10 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
             quiet()
         ctx = start_process_group(env, params["devices"], setup.process_group_timeout)
         try:
-            pipeline.train(params, setup, ctx)
+            train(params, setup, DistributedEngine(ctx))
         finally:
             stop_process_group()
-    except (*PERMANENT, pipeline.PeerSetupError) as err:
+    except (*PERMANENT, PeerSetupError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except NonFiniteLossError as err:
@@ -236,7 +241,7 @@ def out_of_memory_message(err: RuntimeError, params: dict) -> str:
     """What ran out (a GPU's memory or the host's) and what to change: mem_mb is host
     memory, which a GPU out of memory does not need more of."""
     needed = (
-        f"This run needs at least {settings.working_memory_mb(params):,.0f} MB beyond torch and "
+        f"This run needs at least {working_memory_mb(params):,.0f} MB beyond torch and "
         f"the data (train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
         f"{params['batch_size']})"
     )

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from fmnist import verify
-from fmnist.files import atomic_write_text
-from fmnist.runfiles import RunFileError
+from fmnist.rundir.files import atomic_write_text
+from fmnist.rundir.runfiles import RunFileError
+from fmnist.verify import compare as verify
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,233 @@
+"""The distributed engine with real processes: train.py starts one process per stage with
+torchrun (fmnist.launch), the stages talk over a real gloo process group on the CPU
+(fmnist.ranks, fmnist.pipeline). Its numbers are compared with the single-process engine's.
+
+Every distributed run starts its own interpreters (~3 s); runs that do not depend on each
+other start together (module fixture ``runs``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fmnist.report.provenance import provenance_row
+from fmnist.rundir.runfiles import read_run_dir
+from helpers import (
+    TIMEOUT,
+    Run,
+    assert_same_tensors,
+    cli,
+    data_rows,
+    import_script,
+    load_weights,
+    metric_lines,
+)
+
+pytestmark = pytest.mark.distributed
+CPU = torch.device("cpu")
+train_script = import_script("train")
+THREE_STAGES = {"hidden_sizes": [64, 32], "activation": "relu", "devices": ["cpu"] * 3}
+# (name, model settings, schedule, micro-batches): 2 and 3 stages, both schedules.
+CASES = [
+    ("two_gpipe_m1", {}, "gpipe", 1),
+    ("two_gpipe_m4", {}, "gpipe", 4),
+    ("two_1f1b_m4", {}, "1f1b", 4),
+    ("three_gpipe_m2", THREE_STAGES, "gpipe", 2),
+    ("three_1f1b_m4", THREE_STAGES, "1f1b", 4),
+]
+# Long enough to be stopped in the middle of an epoch: 200 steps of 10 rows each.
+LONG = {"batch_size": 10, "epochs": 4, "microbatches": 2}
+
+
+def distributed(data_dir: Path, out: Path, **options) -> Run:
+    return Run(out, cli(data_dir, out, engine="distributed", **options))
+
+
+def single(data_dir: Path, out: Path, **options) -> Run:
+    return Run(out, cli(data_dir, out, cpu_step="autograd", **options))
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    started = {}
+    for name, model, schedule, micro in CASES:
+        options = {"epochs": 2, "microbatches": micro, **model}
+        started[name] = distributed(synthetic_data, root / name, schedule=schedule, **options)
+        started[f"{name}_single"] = single(synthetic_data, root / f"{name}_single", **options)
+        started[name].result()  # two at a time: the machine may have two cores
+    started["long_single"] = single(synthetic_data, root / "long_single", **LONG)
+    return started
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_distributed_gives_the_single_process_bits(runs, case):
+    """Same losses, metrics and final weights, to the bit, for 2 and 3 stages and both
+    schedules: the engines share the micro-batch arithmetic (model.microbatch_loss, one
+    backward pass per micro-batch in order, no gradient rescaling)."""
+    dist_run, ref = runs[case], runs[f"{case}_single"]
+    dist_run.ok(), ref.ok()
+    assert len(metric_lines(dist_run.out)) == 3
+    assert metric_lines(dist_run.out) == metric_lines(ref.out)
+    assert_same_tensors(load_weights(dist_run.out / "model.pt"), load_weights(ref.out / "model.pt"))
+    assert not (dist_run.out / "checkpoint.pt").exists()
+
+
+def test_run_json_names_engine_schedule_and_every_rank(runs):
+    runs["three_1f1b_m4"].ok()
+    record = json.loads((runs["three_1f1b_m4"].out / "run.json").read_text())
+    assert record["params"]["engine"] == "distributed"
+    assert record["params"]["schedule"] == "1f1b"
+    assert record["setup"]["train_step"] == "Schedule1F1B"
+    assert record["setup"]["world_size"] == 3
+    assert record["setup"]["process_group_backend"] == "gloo"
+    (attempt,) = record["attempts"]
+    assert [r["rank"] for r in attempt["ranks"]] == [0, 1, 2]
+    assert {r["device"] for r in attempt["ranks"]} == {"cpu"}
+    assert all(r["hostname"] and r["device_name"] for r in attempt["ranks"])
+    assert attempt["device_names"] == [r["device_name"] for r in attempt["ranks"]]
+    # The provenance table names the schedule, the processes and their host(s).
+    row = provenance_row(read_run_dir(runs["three_1f1b_m4"].out))
+    assert (row["train_step"], row["processes"]) == ("Schedule1F1B", 3)
+    assert row["hostname"] == attempt["ranks"][0]["hostname"]
+
+
+def test_timeline_holds_every_stage_and_micro_batch(runs):
+    runs["two_gpipe_m4"].ok()
+    lines = (runs["two_gpipe_m4"].out / "timeline.csv").read_text().splitlines()
+    assert lines[0] == "step,stage,microbatch,phase,start_seconds,end_seconds"
+    rows = [line.split(",") for line in lines[1:]]
+    passes = {(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows}
+    expected = {
+        (step, stage, mb, phase)
+        for step in range(4)
+        for stage in range(2)
+        for mb in range(4)
+        for phase in ("forward", "backward")
+    }
+    assert passes == expected and len(rows) == len(expected)
+    assert all(0 <= float(r[4]) <= float(r[5]) for r in rows)
+    # GPipe on stage 1: its forward of micro-batch 0 starts after stage 0's has ended.
+    first = {(int(r[1]), r[3]): float(r[4]) for r in rows if r[0] == "0" and r[2] == "0"}
+    ends = {(int(r[1]), r[3]): float(r[5]) for r in rows if r[0] == "0" and r[2] == "0"}
+    assert first[(1, "forward")] >= ends[(0, "forward")]
+
+
+# ------------------------------------------------------------------ stopping a stage
+
+
+def stage_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the stage processes the launcher started (their RANK variable)."""
+    pids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent != launcher:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                pids[int(item[5:])] = int(stat.parent.name)
+    return pids
+
+
+def interrupt(run: Run, sig: int, target: str) -> float:
+    """Once epoch 1 is written and epoch 2 has begun (an epoch takes ~0.7 s here), send
+    ``sig`` to stage 1's process (or to the launcher, as Snakemake or a user would);
+    seconds until the launcher has exited."""
+    deadline = time.monotonic() + TIMEOUT
+    while data_rows(run.out) < 1:
+        assert run.proc.poll() is None, run.result().stderr
+        assert time.monotonic() < deadline, "epoch 1 never ended"
+        time.sleep(0.01)
+    pids = stage_pids(run.proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    time.sleep(0.3)
+    os.kill(pids[1] if target == "stage 1" else run.proc.pid, sig)
+    sent = time.monotonic()
+    run.result()
+    return time.monotonic() - sent
+
+
+@pytest.mark.parametrize(
+    ("sig", "target"),
+    [(signal.SIGTERM, "stage 1"), (signal.SIGKILL, "stage 1"), (signal.SIGTERM, "launcher")],
+)
+def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
+    runs, synthetic_data, tmp_path, sig, target
+):
+    """SIGTERM to stage 1: every stage stops after the same batch and rank 0 saves a
+    checkpoint (exit 75). SIGTERM to the launcher: it passes it on to the stages, the same.
+    SIGKILL of stage 1: the others fail at once (gloo sees the closed connection; the
+    process-group timeout bounds any other hang), exit 1, and the last epoch's checkpoint
+    remains. Each time the rerun ends with the uninterrupted run's bits."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", process_group_timeout=30, **LONG)
+    first = Run(out, args)
+    took = interrupt(first, sig, target)
+    result = first.result()
+    assert took < 60, f"the stages took {took:.0f} s to stop"
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    if sig == signal.SIGTERM:
+        assert result.returncode == 75, result.stdout + result.stderr
+        # From the launcher every stage gets it: whichever vote saw it first speaks.
+        expected = {"stage 1's process received SIGTERM"}
+        if target == "launcher":
+            expected.add("received SIGTERM")
+        stopped = state["attempts"][0]["stopped"]
+        assert stopped in expected, stopped
+        assert f"stopping early: {stopped}." in result.stdout
+        # Inside epoch 2, unless the signal came while epoch 1 was being evaluated.
+        assert state["epoch"] >= 1 and 0 <= state["batches_done"] < 200
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "a stage's process failed" in result.stderr
+        assert state["batches_done"] == 0 and state["epoch"] >= 1  # the last epoch's end
+    assert set(state["optimizer"]) == {"stages"} and len(state["optimizer"]["stages"]) == 2
+
+    second = Run(out, args).ok()
+    assert "resuming from" in second.stdout
+    ref = runs["long_single"].ok() and runs["long_single"]
+    assert metric_lines(out) == metric_lines(ref.out)
+    assert_same_tensors(load_weights(out / "model.pt"), load_weights(ref.out / "model.pt"))
+    assert len(json.loads((out / "run.json").read_text())["attempts"]) == 2
+
+
+def test_a_last_batch_that_micro_batches_cannot_split_is_refused(synthetic_data, tmp_path):
+    """2000 rows in batches of 66 leave 20, which 3 micro-batches cannot split evenly."""
+    out = tmp_path / "run"
+    result = Run(
+        out, cli(synthetic_data, out, engine="distributed", batch_size=66, microbatches=3)
+    ).result()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "leave a last batch of 20 rows" in result.stderr
+    assert "train.microbatches (3)" in result.stderr
+
+
+def test_a_busy_run_folder_is_refused_by_rank_0(synthetic_data, tmp_path):
+    """A second start on a run folder in use exits 2 naming the holder; the first goes on
+    (until it is told to stop: a SIGTERM to its launcher, exit 75)."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", **{**LONG, "epochs": 100})
+    first = Run(out, args)
+    deadline = time.monotonic() + TIMEOUT
+    while data_rows(out) < 1 and time.monotonic() < deadline:
+        assert first.proc.poll() is None, first.result().stderr
+        time.sleep(0.05)
+    second = Run(tmp_path / "second", args).result()  # its own stdout/stderr files
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "is being written by process" in second.stderr
+    assert first.proc.poll() is None
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.result().returncode == 75, first.result().stderr
+
+
+# ------------------------------------------------------------------ the parts

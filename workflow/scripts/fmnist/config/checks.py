@@ -1,0 +1,175 @@
+"""The checks of a configuration that no schema entry can state, as plain functions: the
+rules between training settings, a run against the memory its job asks for, the sweep, the
+time limit and the data folder. Each raises SettingError naming the key; workflow/rules/
+common.smk turns it into Snakemake's error before any job, train.py into exit 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.parse
+import urllib.request
+
+from fmnist.config import settings
+from fmnist.config.settings import SettingError, check_value
+from fmnist.config.stages import layer_shapes, stage_count
+from fmnist.data.idx import IMAGE_SIDE, NUM_CLASSES
+
+
+def check_stages(params: dict) -> None:
+    layers = len(layer_shapes(params))
+    model = f"train.hidden_sizes {params['hidden_sizes']} makes {layers} layers"
+    split, devices = params["stage_split"], params["devices"]
+    if isinstance(split, list):
+        if sum(split) != layers:
+            raise SettingError(f"train.stage_split {split} assigns {sum(split)} layers; {model}")
+        if isinstance(devices, list) and len(devices) > 1 and len(devices) != len(split):
+            raise SettingError(
+                f"train.devices lists {len(devices)} devices but train.stage_split {split} "
+                f"makes {len(split)} stages: give one device per stage (or one for all)"
+            )
+    elif stage_count(params) > layers:
+        raise SettingError(
+            f"train.devices lists {len(devices)} devices, one per stage, but {model}: "
+            f"a stage needs at least one layer"
+        )
+
+
+def check_run_params(params: dict) -> None:
+    """The rules between settings that no single schema entry can state."""
+    if params["microbatches"] > params["batch_size"]:
+        raise SettingError(
+            f"train.microbatches ({params['microbatches']}) exceeds "
+            f"train.batch_size ({params['batch_size']})"
+        )
+    check_stages(params)
+    if params["engine"] == "distributed":
+        check_distributed(params)
+
+
+def check_distributed(params: dict) -> None:
+    """What the distributed engine needs: stages to put in processes, and equal
+    micro-batches (a pipeline stage receives tensors of the one shape it was set up for)."""
+    if stage_count(params) < 2:
+        raise SettingError(
+            "train.engine distributed runs one process per stage, but this model has one "
+            "stage: list a device per stage in train.devices or give train.stage_split"
+        )
+    devices = params["devices"]
+    if devices != "auto" and len({name.split(":")[0] for name in devices}) > 1:
+        raise SettingError(
+            f"train.engine distributed needs every stage on the same kind of device "
+            f"(its processes talk over NCCL between GPUs or gloo between CPUs), got {devices}"
+        )
+    check_one_gpu_per_process(devices, stage_count(params))
+    batch, micro = params["batch_size"], params["microbatches"]
+    if batch % micro:
+        raise SettingError(
+            f"train.engine distributed needs train.batch_size ({batch}) to be a multiple "
+            f"of train.microbatches ({micro}): every micro-batch has the same size"
+        )
+
+
+def check_one_gpu_per_process(devices, stages: int) -> None:
+    """The distributed engine's processes each need a GPU of their own (NCCL allows one
+    process per GPU): refuse a list that names one GPU for two stages. (A bare cuda is each
+    process's own GPU; whether enough are visible is checked where the processes start.)"""
+    if devices == "auto":
+        return
+    named = [d for d in (devices * stages if len(devices) == 1 else devices) if ":" in d]
+    shared = sorted({d for d in named if d.startswith("cuda") and named.count(d) > 1})
+    if shared:
+        raise SettingError(
+            f"train.devices {devices} puts several stages on {', '.join(shared)}, but "
+            "train.engine distributed runs one process per stage and NCCL allows one process "
+            "per GPU: name a GPU per stage (e.g. [cuda:0, cuda:1]), write [cuda, cuda] for "
+            "each process's own GPU, or use train.engine single_process to share a GPU"
+        )
+
+
+def working_memory_mb(params: dict) -> float:
+    """A lower bound of what training a run holds beyond the interpreter and the data:
+    parameters with their gradient and Adam's two moments (x4, float32), and one batch's
+    activations and their gradients (x4). The step's own buffers and torch itself add more."""
+    batch = params["batch_size"]
+    weights = sum((i + 1) * o for i, o in layer_shapes(params))
+    activations = batch * (
+        IMAGE_SIDE * IMAGE_SIDE + 2 * sum(params["hidden_sizes"]) + 2 * NUM_CLASSES
+    )
+    return 4 * 4 * (weights + activations) / 2**20
+
+
+def check_memory(params: dict, mem_mb: int, run: str) -> None:
+    """Refuse, before any job, a run that cannot fit in the memory its job asks for."""
+    needed = working_memory_mb(params)
+    if needed > mem_mb:
+        raise SettingError(
+            f"run {run} needs at least {needed:,.0f} MB for its weights, optimizer state and "
+            f"one batch (train.hidden_sizes {params['hidden_sizes']}, train.batch_size "
+            f"{params['batch_size']}), more than resources.train_model_parallel.mem_mb "
+            f"({mem_mb}); lower them or raise mem_mb"
+        )
+
+
+def check_sweep(sweep: dict) -> None:
+    """Every swept key is a training setting and every value a valid value of it."""
+    for key, values in sweep.items():
+        if key not in settings.TRAIN_SCHEMA:
+            raise SettingError(
+                f"sweep.{key}: not a training setting (one of {', '.join(settings.TRAIN_KEYS)})"
+            )
+        for i, value in enumerate(values):
+            check_value(key, value, where=f"sweep.{key}[{i}] -> train")
+
+
+# ----------------------------------------------------------- the whole configuration
+
+
+def check_values(value, key: str = "") -> None:
+    """What JSON Schema lets through: NaN and infinity, integers written as 2.0, and
+    control characters (a pattern's $ accepts a trailing newline, which would split the
+    shell command the value goes into)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            check_values(item, f"{key}.{name}" if key else name)
+    elif isinstance(value, list):
+        for item in value:
+            check_values(item, key)
+    elif isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SettingError(f"config key {key}: {value!r} contains a control character")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(f"config key {key}: {value} is not a finite number")
+    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_KEYS:
+        raise SettingError(f"config key {key}: {value} must be written as an integer")
+
+
+INTEGER_KEYS = settings.integer_keys()
+
+
+def check_time_limit(resources: dict) -> None:
+    """Refuse a time limit that leaves a job no time to train before it must leave."""
+    work = resources["runtime"] * 60 - resources["signal_seconds"]
+    if work < 30:
+        raise SettingError(
+            f"resources.train_model_parallel.runtime ({resources['runtime']} min) leaves "
+            f"{work} s of training before signal_seconds ({resources['signal_seconds']} s): "
+            "a job needs at least 30 s. Raise runtime or lower signal_seconds."
+        )
+
+
+def check_data_dir(data: dict) -> None:
+    """data.dir is where downloading writes the files, and deletes them before it runs
+    again; a mirror there would be deleted with them, so the two must differ."""
+    here = os.path.realpath(data["dir"])
+    for mirror in data["mirrors"]:
+        parsed = urllib.parse.urlparse(mirror)
+        if parsed.scheme not in ("", "file"):
+            continue
+        folder = urllib.request.url2pathname(parsed.path) if parsed.scheme else mirror
+        if here in {os.path.realpath(p) for p in (folder, f"{folder}/FashionMNIST/raw")}:
+            raise SettingError(
+                f"config key data.dir ({data['dir']}) is also listed in data.mirrors "
+                f"({mirror}): downloading would overwrite and, on a rerun, delete the "
+                "mirror's files. Point data.dir at another folder; it is filled from the mirror."
+            )

@@ -1,0 +1,308 @@
+"""The distributed engine: one process (rank) per stage, on torch.distributed.pipelining.
+
+What the training loop (fmnist.engine.trainer) asks of an engine, answered for one stage's
+process. Rank r builds the whole model from the seed (so its weights start as the
+single-process engine's do) and keeps stage r only, with its optimizer state. Activations
+and gradients travel between the ranks through the process group, in the order
+ScheduleGPipe or Schedule1F1B gives them; the loss and its arithmetic are the single-process
+engine's (model.microbatch_loss, gradients not rescaled), so both engines give the same bits.
+
+Rank 0 leads: it holds the run-folder lock, writes epochs.csv, checkpoint.pt, timeline.csv,
+run.json and model.pt (the stages' parts gathered, under the single-process names). The
+last rank computes the losses and sends them on. Before every step the ranks agree whether
+to stop (any rank's signal, rank 0's SLURM deadline), so they all stop after the same batch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+from fmnist.data.idx import DataError
+from fmnist.engine.checkpoint import cpu_state
+from fmnist.engine.model import microbatch_loss, model_for
+from fmnist.engine.ranks import RankContext
+from fmnist.engine.timeline import Timeline
+
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+CPU = torch.device("cpu")
+
+
+class PeerSetupError(RuntimeError):
+    """Another stage's process could not start the run (it reports why)."""
+
+
+class StageLoss:
+    """The schedules' loss_fn: microbatch_loss for a batch of ``rows`` rows."""
+
+    def __init__(self, microbatches: int):
+        self.microbatches, self.rows = microbatches, 0
+
+    def __call__(self, output, target):
+        return microbatch_loss(output, target, self.rows, self.microbatches)
+
+
+def check_last_batch(rows: int, batch_size: int, microbatches: int) -> None:
+    """Every micro-batch of a step has one shape (a stage is set up for one), so the last,
+    shorter batch must split evenly too (train.batch_size % microbatches is checked earlier)."""
+    last = rows % batch_size
+    if last % microbatches:
+        raise DataError(
+            f"the training set's {rows} rows leave a last batch of {last} rows, which "
+            f"train.microbatches ({microbatches}) cannot split into equal micro-batches, as "
+            "the distributed engine needs: choose train.batch_size or train.microbatches so "
+            "that they do"
+        )
+
+
+class StageStep:
+    """This stage's part of a training step (and of an evaluation pass) on the schedules."""
+
+    def __init__(self, model, optimizer, engine: DistributedEngine, params: dict):
+        self.model, self.optimizer, self.engine, self.params = model, optimizer, engine, params
+        self.loss = StageLoss(params["microbatches"])
+        self.schedules: dict[tuple, object] = {}
+        self.stages: dict[tuple, PipelineStage] = {}
+        self._timeline = None
+
+    def schedule(self, rows: int, training: bool = True):
+        """The schedule for batches of ``rows`` rows: a stage is set up for one shape."""
+        key = (rows, training)
+        if key not in self.schedules:
+            engine = self.engine
+            stage = PipelineStage(self.model, engine.rank, engine.stages, engine.device)
+            if training:
+                kind = SCHEDULES[self.params["schedule"]]
+                made = kind(stage, self.params["microbatches"], self.loss, scale_grads=False)
+            else:  # evaluation: the whole chunk at once, as the single-process engine
+                made = ScheduleGPipe(stage, 1)
+            self.stages[key], self.schedules[key] = stage, made
+        return self.schedules[key]
+
+    def run(self, schedule, x=None, y=None, losses=None, **options):
+        """This rank's part of one schedule step: inputs on the first, targets on the last;
+        the output where it leaves the pipeline (the last rank), else None."""
+        args = (x,) if self.engine.first else ()
+        target = y if self.engine.last else None
+        return schedule.step(*args, target=target, losses=losses, **options)
+
+    def __call__(self, x, y, loss_out: torch.Tensor, rows: int) -> None:
+        schedule, self.loss.rows = self.schedule(rows), rows
+        chunk_losses = []
+        self.optimizer.zero_grad()
+        self.run(schedule, x, y, chunk_losses, return_outputs=False)
+        self.optimizer.step()
+        if self.engine.last:  # as pipelined_backward adds them: 0 + loss_0 + loss_1 + ...
+            loss_out.copy_(sum(loss.detach() for loss in chunk_losses))
+
+    def forward(self, x):
+        return self.run(self.schedule(len(x), training=False), x)
+
+    @property
+    def name(self) -> str:
+        return type(self.schedule(self.params["batch_size"])).__name__
+
+    @property
+    def timeline(self):
+        return self._timeline
+
+    @timeline.setter
+    def timeline(self, timeline) -> None:
+        """Time the stage's compute of each micro-batch (the waits for its peers are not in)."""
+        self.schedule(self.params["batch_size"])
+        stage = self.stages[(self.params["batch_size"], True)]
+        self._timeline = timeline
+        if timeline is None:
+            stage.__dict__.pop("forward_one_chunk", None)
+            stage.__dict__.pop("backward_one_chunk", None)
+            return
+        rank, forward, backward = (
+            self.engine.rank,
+            stage.forward_one_chunk,
+            stage.backward_one_chunk,
+        )
+
+        def forward_one_chunk(chunk, *args, **kwargs):
+            with timeline.span(rank, chunk, "forward"):
+                return forward(chunk, *args, **kwargs)
+
+        def backward_one_chunk(chunk, *args, **kwargs):
+            with timeline.span(rank, chunk, "backward"):
+                return backward(chunk, *args, **kwargs)
+
+        stage.forward_one_chunk, stage.backward_one_chunk = forward_one_chunk, backward_one_chunk
+
+
+class DistributedEngine:
+    """One stage's process: its device, its peers, and the collectives the loop needs."""
+
+    def __init__(self, ctx: RankContext):
+        self.ctx, self.rank, self.stages, self.device = ctx, ctx.rank, ctx.world_size, ctx.device
+        self.first, self.last = self.rank == 0, self.rank == ctx.world_size - 1
+        self.leads = self.first
+        self.name = f"stage {self.rank}'s process"
+        self.ranks, self.devices = ctx.ranks, ctx.devices
+        self.own_devices = [self.device]
+        here = self.device if (self.first or self.last) else CPU  # where batches enter/leave
+        self.data_devices = (here, here)
+        self.loss_device = ctx.comm_device  # the last rank's losses are broadcast from there
+        self.stop_flag = torch.zeros(1, dtype=torch.int64, device=ctx.comm_device)
+        self.vote = None  # the stop vote in flight (agree_to_stop)
+        self.step = None
+
+    # -- the model and its step ------------------------------------------------
+    def check_batches(self, rows: int, params: dict) -> None:
+        check_last_batch(rows, params["batch_size"], params["microbatches"])
+
+    def build_model(self, params: dict):
+        whole = model_for(params, [CPU] * self.stages)  # the same initial weights everywhere
+        return whole.stages[self.rank].to(self.device)
+
+    def make_step(self, model, optimizer, params: dict) -> StageStep:
+        self.step = StageStep(model, optimizer, self, params)
+        return self.step
+
+    def step_name(self, step: StageStep) -> str:
+        return step.name
+
+    def run_step(self, step, batches, image_index, label_index, loss_out) -> None:
+        """A batch enters at the first stage and meets its labels at the last."""
+        ends = self.first or self.last
+        x, y = batches(image_index, label_index) if ends else (None, None)
+        step(x, y, loss_out, rows=len(image_index))
+
+    def forward(self, model, x):
+        return self.step.forward(x)
+
+    def start_timeline(self) -> Timeline:
+        """Every rank's clock starts when a barrier releases them; on rank 0's host the
+        ranks take its start (one monotonic clock per host, so those stages line up)."""
+        dist.barrier()
+        start = [(time.perf_counter(), self.ranks[0]["hostname"])]
+        dist.broadcast_object_list(start, src=0)
+        origin, host = start[0]
+        same_clock = host == self.ranks[self.rank]["hostname"]
+        return Timeline({self.rank: self.device}, origin if same_clock else None)
+
+    def peak_memory(self) -> dict:
+        """Each stage process's peak GPU memory since the last epoch, in MB."""
+        peak = torch.zeros(self.stages, dtype=torch.float64, device=self.ctx.comm_device)
+        if self.device.type == "cuda":
+            peak[self.rank] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        dist.all_reduce(peak)
+        if not any(d.type == "cuda" for d in self.devices):
+            return {}
+        return {f"peak_memory_mb_stage{r}": float(mb) for r, mb in enumerate(peak.tolist())}
+
+    # -- agreeing with the peers -------------------------------------------------
+    def agree_on_setup(self, failure: Exception | None) -> None:
+        """A failure to set up ends every process: its own, or a peer's."""
+        failed = torch.tensor([0 if failure is None else 1], device=self.ctx.comm_device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failure is not None:
+            raise failure
+        if failed.item():
+            raise PeerSetupError("another stage's process could not start this run (see its error)")
+
+    def agree_to_stop(self, stop) -> bool:
+        """Whether every rank stops before this batch: any rank that must stop says so
+        (rank r sends r + 1; the largest wins and tells the others why).
+
+        The vote is sent one step ahead and read a step later, so that its round trip
+        overlaps the step's compute instead of adding to it: every rank still reads the
+        same result before the same batch; a stop asked for during batch b takes effect
+        before batch b + 2.
+        """
+        if self.vote is None:  # the first batch of an attempt: nothing was sent yet
+            self.vote = self._send_vote(stop)
+        self.vote.wait()
+        who = int(self.stop_flag.item()) - 1
+        if who < 0:
+            self.vote = self._send_vote(stop)
+            return False
+        self.vote = None
+        reason = [stop.reason if who == self.rank else None]
+        dist.broadcast_object_list(reason, src=who)
+        stop.reason = reason[0] if who == 0 else f"stage {who}'s process {reason[0]}"
+        return True
+
+    def _send_vote(self, stop):
+        self.stop_flag.fill_(self.rank + 1 if stop.should_stop() else 0)
+        return dist.all_reduce(self.stop_flag, op=dist.ReduceOp.MAX, async_op=True)
+
+    def share_losses(self, losses: torch.Tensor) -> None:
+        """The batches' losses, computed by the last rank, to every rank."""
+        dist.broadcast(losses, src=self.stages - 1)
+
+    def share_totals(self, loss_sum: float, correct: int) -> tuple[float, int]:
+        """The evaluation's sums, made where the output leaves the pipeline, to every rank."""
+        sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=self.ctx.comm_device)
+        dist.broadcast(sums, src=self.stages - 1)
+        loss_sum, correct = sums.tolist()
+        return loss_sum, int(correct)
+
+    def gather_timeline(self, rows: list[dict]) -> list[dict]:
+        gathered = [None] * self.stages
+        dist.all_gather_object(gathered, rows)
+        return [row for ranks_rows in gathered for row in ranks_rows]
+
+    def _gather(self, part: dict) -> list[dict] | None:
+        parts = [None] * self.stages if self.first else None
+        dist.gather_object(cpu_state(part), parts, dst=0)
+        return parts
+
+    def _own_weights(self, model) -> dict:
+        return {f"stages.{self.rank}.{k}": v for k, v in model.state_dict().items()}
+
+    def gather_state(self, model, optimizer) -> dict | None:
+        """The weights and optimizer states of every stage, on rank 0 (None elsewhere)."""
+        parts = self._gather(
+            {"model": self._own_weights(model), "optimizer": optimizer.state_dict()}
+        )
+        if parts is None:
+            return None
+        weights = {k: v for p in parts for k, v in p["model"].items()}
+        return {"model": weights, "optimizer": {"stages": [p["optimizer"] for p in parts]}}
+
+    def gather_weights(self, model) -> dict | None:
+        """Every stage's weights under the single-process names, on rank 0 (None elsewhere)."""
+        parts = self._gather(self._own_weights(model))
+        return None if parts is None else {k: v for part in parts for k, v in part.items()}
+
+    def scatter_state(self, state: dict | None) -> dict | None:
+        """Each rank's part of rank 0's checkpoint: the common state and its own stage."""
+        parts = None
+        if self.first:
+            parts = [None if state is None else stage_part(state, r) for r in range(self.stages)]
+        mine = [None]
+        dist.scatter_object_list(mine, parts, src=0)
+        return mine[0]
+
+    def all_succeeded(self, ok: bool) -> bool:
+        failed = torch.zeros(1, device=self.ctx.comm_device)
+        failed.fill_(0 if ok else 1)
+        dist.all_reduce(failed)
+        return not failed.item()
+
+    # -- run.json and the end ------------------------------------------------------
+    def record_setup(self) -> dict:
+        return {"world_size": self.stages, "process_group_backend": self.ctx.backend}
+
+    def attempt_record(self) -> dict:
+        return {"device_names": [r["device_name"] for r in self.ranks], "ranks": self.ranks}
+
+    def finish(self) -> None:
+        if self.vote is not None:
+            self.vote.wait()  # the last vote, sent for a batch that never came
+        dist.barrier()  # no process leaves while rank 0 is still writing
+
+
+def stage_part(state: dict, rank: int) -> dict:
+    """What rank ``rank`` loads of a checkpoint: the common state and its stage."""
+    prefix = f"stages.{rank}."
+    model = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    return state | {"model": model, "optimizer": state["optimizer"]["stages"][rank]}

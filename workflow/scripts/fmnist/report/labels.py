@@ -1,0 +1,19 @@
+"""The report's labels of a run's page: its swept parameters, as its run id writes them.
+
+Used by workflow/rules/analysis.smk while Snakemake builds the report; imports neither
+torch nor pandas (planning stays fast).
+"""
+
+from __future__ import annotations
+
+from fmnist.config.naming import format_value
+
+
+def run_labels(run: str, runs: dict[str, dict], swept) -> dict[str, str]:
+    """{parameter: value} of the swept parameters of ``run``, e.g. {"lr": "0.01", "seed":
+    "0"}; {"run": run} when nothing is swept or the run is not one of the config's."""
+    params = runs.get(run)
+    swept = sorted(swept)
+    if not swept or params is None:
+        return {"run": run}
+    return {key: format_value(params[key]) for key in swept}
