@@ -2,6 +2,7 @@
 #   make run    the workflow on the default config, locally (GPUs if present, else the CPU)
 #   make demo   the same on a generated SYNTHETIC dataset: offline, about a minute
 #   make test   the whole test suite (starts a real single-node SLURM; needs root for apt)
+#   make benchmark  the benchmarks (snakemake benchmark; results/benchmark/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # Extra arguments for snakemake or pytest, e.g. make run ARGS="--configfile my.yaml"
 ARGS ?=
 
-.PHONY: setup run demo test lint clean-results
+.PHONY: setup run demo test lint benchmark
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +31,19 @@ demo: setup
 	@echo "Offline demo on SYNTHETIC data in FashionMNIST's format (config/demo.yaml)."
 	snakemake --profile profiles/local --configfile config/demo.yaml $(ARGS)
 
+benchmark: setup
+	snakemake benchmark --profile profiles/local $(ARGS)
+
+# Two workers (pytest-xdist): the SLURM tests, which mostly wait on the test cluster, run in
+# one while the other trains; tests sharing a module's or the shared workflow's fixtures
+# stay together (tests/conftest.py).
 test: setup
 	bash tests/slurm/start_cluster.sh
-	pytest $(ARGS)
+	pytest -n 2 --dist loadgroup $(ARGS)
 
 lint: setup
 	snakemake --lint
 	snakefmt --check Snakefile workflow
 	ruff check .
 	ruff format --check .
+	PYTHONPATH=workflow/scripts lint-imports

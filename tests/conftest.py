@@ -125,3 +125,20 @@ def workflow_copy(finished_workflow, tmp_path) -> Path:
     copy = tmp_path / "wf"
     shutil.copytree(finished_workflow.ok(), copy, symlinks=True)
     return copy
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every test has a group, so
+    that a module's fixtures are built once: its file; the tests of the shared workflow in
+    one group, which builds it once; the SLURM tests one after another in one worker, as the
+    test cluster has two CPUs and their time limits are real (they mostly wait, so the
+    other worker trains meanwhile)."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            group = "slurm"
+        elif {"finished_workflow", "workflow_copy"} & set(item.fixturenames):
+            group = "shared_workflow"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

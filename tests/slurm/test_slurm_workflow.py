@@ -100,30 +100,6 @@ def job_ids(run_json: Path) -> list[str]:
     return [a["slurm"]["job_id"] for a in record["attempts"]]
 
 
-def test_training_job_gets_two_gpus_and_correct_outputs(slurm_cluster, tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    overlay = write_overlay(workdir / "overlay.yaml")
-    result = run_snakemake(workdir, "--configfile", str(overlay))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-    run_dir = workdir / "results/runs/base"
-    (attempt,) = json.loads((run_dir / "run.json").read_text())["attempts"]
-    job = attempt["slurm"]["job_id"]
-    state, tres = sacct(job, "State,AllocTRES")
-    assert state == "COMPLETED"
-    assert "gres/gpu=2" in tres
-    assert attempt["slurm"]["partition"] == "debug"
-    assert attempt["slurm"]["node"] == "localhost"
-    # The script saw the two GPUs SLURM gave the job.
-    assert attempt["cuda_visible_devices"] == "0,1"
-    rows = list(csv.DictReader((run_dir / "epochs.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert (workdir / "results/tables/summary.csv").exists()
-    assert (workdir / "results/figures/loss.pdf").exists()
-    # Download, gather and plot are local rules: only training went through sbatch.
-    assert result.stderr.count("has been submitted with SLURM jobid") == 1
-
-
 def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     # One GPU each, so the node (2 GPUs, 2 cores) can run both at once.
@@ -149,19 +125,27 @@ def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
     assert sorted(r["run_id"] for r in runs) == ["seed=0", "seed=1"]
 
 
-@pytest.mark.parametrize("engine", ["single_process", "distributed"])
 def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
-    slurm_cluster, fast_requeue, tmp_path, engine
+    slurm_cluster, fast_requeue, tmp_path
 ):
     """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job.
-    The distributed engine's two stage processes stop together in each window; its numbers
-    are the single-process reference's, bit for bit."""
+    Both engines share the training loop, its stop and its checkpoint (a single-process stop
+    at the deadline and its resume: engine/test_train.py, the preemption test below); here
+    the distributed engine's two stage processes stop together in each window, requeue the
+    job, resume, and end with the single-process reference's numbers, bit for bit. The run
+    is one job of one task per stage: each allocation's srun step runs both."""
     workdir = copy_workflow(tmp_path / "wf")
     # About 4 s an epoch on one core here: 16 epochs need three or more 30-s job windows,
     # and still two on a core twice as fast.
     synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
     data = {"dir": "resources/synthetic", "synthetic": synthetic}
-    train = {"epochs": 16, "hidden_sizes": [2048], "devices": ["cpu", "cpu"], "engine": engine}
+    train = {
+        "epochs": 16,
+        "hidden_sizes": [2048],
+        "devices": ["cpu", "cpu"],
+        "engine": "distributed",
+        "microbatches": 2,
+    }
     overlay = write_overlay(
         workdir / "overlay.yaml",
         data=data,
@@ -172,7 +156,9 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
     # (deterministically generated) data.
     reference_dir = tmp_path / "reference"
     sums = write_synthetic(tmp_path / "reference_data", **synthetic)
-    reference = start_reference(tmp_path / "reference_data", reference_dir, train)
+    reference = start_reference(
+        tmp_path / "reference_data", reference_dir, train, "--microbatches", "2"
+    )
     result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
     reference_out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, reference_out
@@ -200,36 +186,10 @@ def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
     expected = metric_columns(reference_dir / "epochs.csv")
     assert metric_columns(run_dir / "epochs.csv") == expected
     assert_compute_matches_sacct(workdir, job, len(attempts))
-    if engine == "distributed":
-        assert all([r["slurm_task_id"] for r in a["ranks"]] == ["0", "1"] for a in attempts)
-
-
-def test_a_distributed_run_is_one_job_of_one_task_per_stage(slurm_cluster, tmp_path):
-    """Two stages: one sbatch job whose srun step runs 2 tasks, one per stage, each with
-    its CPU; run.json names both ranks; the numbers are the single-process engine's."""
-    workdir = copy_workflow(tmp_path / "wf")
-    train = {"engine": "distributed", "devices": ["cpu", "cpu"], "microbatches": 2}
-    overlay = write_overlay(
-        workdir / "overlay.yaml", train=train, resources={"train_model_parallel": {"gpu": 0}}
-    )
-    write_synthetic(tmp_path / "reference_data", train_size=2000, test_size=500, seed=0)
-    reference = start_reference(
-        tmp_path / "reference_data",
-        tmp_path / "reference",
-        {"epochs": 2, "hidden_sizes": [200], "devices": ["cpu", "cpu"]},
-        "--microbatches",
-        "2",
-    )
-    result = run_snakemake(workdir, "--configfile", str(overlay))
-    reference_out, _ = reference.communicate(timeout=300)
-    assert reference.returncode == 0, reference_out
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stderr.count("has been submitted with SLURM jobid") == 1
-
-    run_dir = workdir / "results/runs/base"
-    record = json.loads((run_dir / "run.json").read_text())
-    (attempt,) = record["attempts"]
-    job = attempt["slurm"]["job_id"]
+    assert all([r["slurm_task_id"] for r in a["ranks"]] == ["0", "1"] for a in attempts)
+    assert all([r["rank"] for r in a["ranks"]] == [0, 1] for a in attempts)
+    assert record["setup"]["world_size"] == 2
+    assert "srun --ntasks=2 --cpus-per-task=1" in log
     steps = subprocess.run(
         ["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,AllocCPUS,State"],
         env=slurm_env(),
@@ -238,13 +198,6 @@ def test_a_distributed_run_is_one_job_of_one_task_per_stage(slurm_cluster, tmp_p
         check=True,
     ).stdout.splitlines()
     assert f"{job}.0|2|2|COMPLETED" in steps, steps
-    assert [(r["rank"], r["slurm_task_id"]) for r in attempt["ranks"]] == [(0, "0"), (1, "1")]
-    assert record["setup"]["world_size"] == 2
-    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
-    assert "srun --ntasks=2 --cpus-per-task=1" in log
-    assert metric_columns(run_dir / "epochs.csv") == metric_columns(
-        tmp_path / "reference/epochs.csv"
-    )
 
 
 def assert_compute_matches_sacct(workdir: Path, job: str, allocations: int) -> None:
@@ -267,16 +220,35 @@ def assert_compute_matches_sacct(workdir: Path, job: str, allocations: int) -> N
     assert f"as SLURM jobs ({job})" in statement
 
 
-def test_verify_reruns_as_a_slurm_job(slurm_cluster, tmp_path):
-    """snakemake verify retrains the run through the same rule and resources: a SLURM job."""
+def test_a_run_and_its_verification_are_two_gpu_jobs_with_correct_outputs(slurm_cluster, tmp_path):
+    """Training asks for the config's two GPUs (the script sees them); download, gather and
+    plot are local rules; `snakemake verify` retrains the run through the same rule and
+    resources: another SLURM job, its rerun reproduced."""
     workdir = copy_workflow(tmp_path / "wf")
     overlay = write_overlay(workdir / "overlay.yaml", train={"devices": ["cpu", "cpu"]})
     result = run_snakemake(workdir, "--configfile", str(overlay))
     assert result.returncode == 0, result.stdout + result.stderr
+
+    run_dir = workdir / "results/runs/base"
+    (attempt,) = json.loads((run_dir / "run.json").read_text())["attempts"]
+    original = attempt["slurm"]["job_id"]
+    state, tres = sacct(original, "State,AllocTRES")
+    assert state == "COMPLETED"
+    assert "gres/gpu=2" in tres
+    assert attempt["slurm"]["partition"] == "debug"
+    assert attempt["slurm"]["node"] == "localhost"
+    # The script saw the two GPUs SLURM gave the job.
+    assert attempt["cuda_visible_devices"] == "0,1"
+    rows = list(csv.DictReader((run_dir / "epochs.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert (workdir / "results/tables/summary.csv").exists()
+    assert (workdir / "results/figures/loss.pdf").exists()
+    # Download, gather and plot are local rules: only training went through sbatch.
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+
     verify = run_snakemake(workdir, "verify", "--configfile", str(overlay))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     (rerun_job,) = SUBMITTED.findall(verify.stderr)
-    (original,) = job_ids(workdir / "results/runs/base/run.json")
     assert rerun_job != original
     state, tres = sacct(rerun_job, "State,AllocTRES")
     assert state == "COMPLETED" and "gres/gpu=2" in tres

@@ -16,8 +16,8 @@ from fmnist.config.settings import defaults
 from fmnist.data.idx import FILE_NAMES, load_split
 from fmnist.engine.kernel_step import KernelStep
 from fmnist.engine.model import INPUT_SIZE, OUTPUT_SIZE, ModelParallelMLP
-from fmnist.engine.step import ADAM_IMPLS, AutogradStep
 from fmnist.engine.single_process import SingleProcessEngine
+from fmnist.engine.step import ADAM_IMPLS, AutogradStep
 from fmnist.engine.trainer import RunSetup, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
