@@ -35,11 +35,11 @@ benchmark: setup
 	snakemake benchmark --profile profiles/local $(ARGS)
 
 # Two workers (pytest-xdist): the SLURM tests, which mostly wait on the test cluster, run in
-# one while the other trains; tests sharing a module's or the shared workflow's fixtures
-# stay together (tests/conftest.py).
+# one while the other trains; a file's tests, and the shared workflow's, stay together
+# (xdist_group in tests/conftest.py).
 test: setup
 	bash tests/slurm/start_cluster.sh
-	pytest -n 2 --dist loadgroup $(ARGS)
+	pytest -n 2 $(ARGS)
 
 lint: setup
 	snakemake --lint

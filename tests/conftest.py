@@ -127,18 +127,29 @@ def workflow_copy(finished_workflow, tmp_path) -> Path:
     return copy
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every test has a group, so
-    that a module's fixtures are built once: its file; the tests of the shared workflow in
-    one group, which builds it once; the SLURM tests one after another in one worker, as the
-    test cluster has two CPUs and their time limits are real (they mostly wait, so the
-    other worker trains meanwhile)."""
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            group = "slurm"
-        elif {"finished_workflow", "workflow_copy"} & set(item.fixturenames):
-            group = "shared_workflow"
-        else:
-            group = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+SHARED_WORKFLOW_FILES = (
+    "tests/workflow/test_end_to_end.py",
+    "tests/workflow/test_verify_workflow.py",
+)
+
+
+def xdist_group(nodeid: str) -> str:
+    """Which tests run in one pytest-xdist worker: the SLURM tests one after another (the
+    test cluster has two CPUs and their time limits are real; they mostly wait, so the other
+    worker trains meanwhile), the shared workflow's tests (built once), else a file's tests
+    (its module fixtures built once)."""
+    path = nodeid.split("::")[0]
+    if path.startswith("tests/slurm/"):
+        return "slurm"
+    return "shared_workflow" if path in SHARED_WORKFLOW_FILES else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two workers (-n 2); tests are handed out by xdist_group."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return ByGroup(config, log)

@@ -1,5 +1,5 @@
 """Tests of workflow/scripts/benchmark_pipeline.py (the distributed engine against the
-single-process engine) and of its library (fmnist.pipeline_timing, pipeline_variants,
+single-process engine) and of its library (bench.pipeline_timing, pipeline_variants,
 pipeline_results, machine).
 
 The benchmark runs once (module fixture) on a small synthetic dataset with the tutorial's

@@ -1,4 +1,4 @@
-"""Tests of workflow/scripts/benchmark.py and fmnist/benchmarking.py (what it times).
+"""Tests of workflow/scripts/benchmark.py and bench/step_variants.py (what it times).
 
 The benchmark runs once (module fixture) on the synthetic 2000/500 dataset with one
 thread, two rounds and short floors; train.py runs on the same data beside it. No

@@ -1,4 +1,4 @@
-"""fmnist/slurm_plugin.py: the executor plugin sees "CANCELLED by <uid>" as CANCELLED."""
+"""fmnist/cluster/slurm_plugin.py: the executor plugin sees "CANCELLED by <uid>" as CANCELLED."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """fmnist/cluster/ (stop.py, slurm.py, requeue.py): stopping at signals and at the SLURM
 deadline, and a job requeueing itself (with stand-ins for squeue and scontrol; the real ones in
-test_slurm.py)."""
+tests/slurm/test_slurm_workflow.py)."""
 
 from __future__ import annotations
 

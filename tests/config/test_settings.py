@@ -1,4 +1,4 @@
-"""fmnist/settings.py: each training setting is declared once (the schema) and every other
+"""fmnist/config/settings.py: each training setting is declared once (the schema) and every other
 place that names it (config.yaml, config/README.md, train.py's options, the rule's command
 line, run.json's params) follows from that entry."""
 

@@ -1,4 +1,4 @@
-"""fmnist/download.py and its script download_fashion_mnist.py against a real HTTP server on
+"""fmnist/data/download.py and its script download_fashion_mnist.py against a real HTTP server on
 127.0.0.1.
 
 The server serves small SYNTHETIC files in FashionMNIST's format (synthetic.write_synthetic)

@@ -1,4 +1,4 @@
-"""Tests of fmnist/checkpoint.py: what a checkpoint must match, and damaged checkpoints."""
+"""Tests of fmnist/engine/checkpoint.py: what a checkpoint must match, and damaged checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fmnist/devices.py: train.devices resolved against the visible GPUs."""
+"""Tests of fmnist/engine/devices.py: train.devices resolved against the visible GPUs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The distributed engine with real processes: train.py starts one process per stage with
-torchrun (fmnist.launch), the stages talk over a real gloo process group on the CPU
-(fmnist.ranks, fmnist.pipeline). Its numbers are compared with the single-process engine's.
+torchrun (fmnist.engine.launch), the stages talk over a real gloo process group on the CPU
+(fmnist.engine.ranks, fmnist.engine.distributed). Its numbers are compared with the single-process
+engine's.
 
 Every distributed run starts its own interpreters (~3 s); runs that do not depend on each
 other start together (module fixture ``runs``).

@@ -1,4 +1,4 @@
-"""Tests of fmnist/kernel_step.py and kernel_adam.py: the hand-written CPU step is bitwise
+"""Tests of fmnist/engine/kernel_step.py: the hand-written CPU step is bitwise
 autograd's step (losses, weights, optimizer state) for every Adam setting and micro-batch
 count, and runs only where train.cpu_step and the devices allow it."""
 

@@ -1,4 +1,4 @@
-"""Tests of fmnist/model.py: the tutorial's MLP as stages, moving activations, GPipe loss."""
+"""Tests of fmnist/engine/model.py: the tutorial's MLP as stages, moving activations, GPipe loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The recorded timeline (fmnist/timeline.py) of the single-process engine: autograd and
+"""The recorded timeline (fmnist/engine/timeline.py) of the single-process engine: autograd and
 the kernel step record every stage's forward and backward of every micro-batch, one after
 another (one process computes one thing at a time); the trainer records one window."""
 
@@ -14,6 +14,7 @@ from fmnist.engine.model import ModelParallelMLP, pipelined_backward
 from fmnist.engine.single_process import SingleProcessEngine
 from fmnist.engine.trainer import RunSetup, Trainer
 from fmnist.report import timeline_figure as bubble
+from fmnist.rundir import runfiles
 from helpers import train_batch
 
 CPU = torch.device("cpu")
@@ -94,8 +95,8 @@ def test_the_trainer_records_one_window_that_bubble_reads(synthetic_data, tmp_pa
     assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
     assert len(rows) == 4 * 2 * 4 * 2
     timeline.write_timeline(tmp_path, rows)
-    table = bubble.read_timeline(tmp_path / timeline.TIMELINE_FILE)
-    bubble.check_timeline(table, 4, tmp_path / timeline.TIMELINE_FILE)
+    table = bubble.read_timeline(tmp_path / runfiles.TIMELINE_FILE)
+    bubble.check_timeline(table, 4, tmp_path / runfiles.TIMELINE_FILE)
     idle = bubble.idle_fractions(table, 4)
     assert 0.3 < idle.fraction < 0.7  # two unequal stages, one after the other
     assert idle.gpipe == pytest.approx(0.2)

@@ -1,4 +1,4 @@
-"""Tests of training end to end (train.py and fmnist/trainer.py): determinism, resume, CLI,
+"""Tests of training end to end (train.py and fmnist/engine/trainer.py): determinism, resume, CLI,
 provenance, data scaling. The model itself is tested in test_model.py.
 
 The training runs here use the synthetic 2000/500 dataset, --threads 1 and a few

@@ -1,4 +1,5 @@
-"""Compute accounting (fmnist/sacct.py, fmnist/compute.py, fmnist/statement.py) against
+"""Compute accounting (fmnist/cluster/sacct.py, fmnist/report/compute.py,
+fmnist/report/statement.py) against
 sacct output recorded on the real test SLURM (tests/slurm/start_cluster.sh, slurm-wlm
 22.05.8, two GPUs declared as generic resources), with the run.json attempts those very
 jobs wrote: job 32 (test_training_job_gets_two_gpus_and_correct_outputs, one attempt) and
@@ -68,7 +69,7 @@ JobIDRaw|State|Elapsed|ElapsedRaw|AllocTRES|MaxRSS|ConsumedEnergyRaw|Submit|Star
 35.batch|COMPLETED|00:00:21|21|cpu=1,gres/gpu=2,mem=1500M,node=1||0|2026-12-01T20:35:11|2026-12-01T20:35:11|2026-12-01T20:35:32|localhost
 35.0|COMPLETED|00:00:19|19|cpu=1,gres/gpu=2,mem=1500M,node=1||0|2026-12-01T20:35:12|2026-12-01T20:35:12|2026-12-01T20:35:31|localhost
 """
-"""The same with the fields fmnist.sacct.FIELDS asks for (what gather.py runs)."""
+"""The same with the fields fmnist.cluster.sacct.FIELDS asks for (what gather.py runs)."""
 
 FULL_PLAIN = """\
 JobIDRaw|State|Elapsed|ElapsedRaw|AllocTRES|MaxRSS|ConsumedEnergyRaw|Submit|Start|End|NodeList

@@ -1,4 +1,4 @@
-"""Tests of fmnist.figures on small gathered tables."""
+"""Tests of fmnist.report.figures on small gathered tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fmnist.gathering: reading the inputs, and writing all tables or none."""
+"""Tests of fmnist.report.gathering: reading the inputs, and writing all tables or none."""
 
 from __future__ import annotations
 

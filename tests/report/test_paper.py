@@ -1,4 +1,4 @@
-"""Tests of fmnist.paper: the summary as Markdown and LaTeX."""
+"""Tests of fmnist.report.paper: the summary as Markdown and LaTeX."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fmnist.provenance: provenance.csv (and the runs.csv columns) from run.json."""
+"""Tests of fmnist.report.provenance: provenance.csv (and the runs.csv columns) from run.json."""
 
 from __future__ import annotations
 

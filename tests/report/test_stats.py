@@ -1,4 +1,4 @@
-"""Tests of fmnist.stats: mean, sample std and the clipped Student-t 95 % interval."""
+"""Tests of fmnist.report.stats: mean, sample std and the clipped Student-t 95 % interval."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fmnist.tables: the epochs, runs, summary and provenance tables."""
+"""Tests of fmnist.report.tables: the epochs, runs, summary and provenance tables."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The pipeline timeline: reading timeline.csv, the idle fraction, the figure and its CLI
-(fmnist/bubble.py, workflow/scripts/plot_timeline.py), on schedules written out by hand."""
+(fmnist/report/timeline_figure.py, workflow/scripts/plot_timeline.py), on schedules written out by
+hand."""
 
 from __future__ import annotations
 

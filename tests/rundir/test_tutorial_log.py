@@ -1,4 +1,4 @@
-"""Tests of fmnist.tutorial_log: the tutorial's log converted to a runfiles.Run."""
+"""Tests of fmnist.rundir.tutorial_log: the tutorial's log converted to a runfiles.Run."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from helpers import (
 
 pytestmark = pytest.mark.slurm
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+REQUEUE_SETTLE_S = 5.0  # seconds a requeued job waits before fast_requeue releases it
 
 
 def write_overlay(path: Path, **sections) -> Path:
@@ -75,9 +76,12 @@ def sacct_history(job_id: str) -> list[str]:
 
 @pytest.fixture
 def fast_requeue(slurm_cluster):
-    """Start requeued jobs at once, as an admin can, instead of after SLURM's ~2 minutes of
-    BeginTime: the behaviour under test is the same, the suite just waits less."""
+    """Start requeued jobs early, as an admin can, instead of after SLURM's ~2 minutes of
+    BeginTime: the behaviour under test is the same, the suite just waits less. A job is
+    released a few seconds after its requeue, not at once: slurmd must first have cleaned
+    up its previous allocation, or the new one fails with "Job credential revoked"."""
     stop = threading.Event()
+    waiting_since: dict[str, float] = {}
 
     def release():
         while not stop.wait(1.0):
@@ -85,8 +89,10 @@ def fast_requeue(slurm_cluster):
                 ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True
             ).stdout.split("\n")
             for job, _, reason in (line.partition(" ") for line in pending if line):
-                if reason == "BeginTime":
+                since = waiting_since.setdefault(job, time.monotonic())
+                if reason == "BeginTime" and time.monotonic() - since >= REQUEUE_SETTLE_S:
                     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+                    del waiting_since[job]
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
@@ -334,7 +340,7 @@ LONG_RUN = {"train": {"epochs": 200, "batch_size": 10, "devices": ["cpu", "cpu"]
 @pytest.mark.parametrize("when", ["running", "pending"])
 def test_scancel_ends_the_workflow_naming_the_job_and_its_log(slurm_cluster, tmp_path, when):
     """The executor plugin (2.8.0) reads sacct's "CANCELLED by <uid>" as still running and
-    waits forever; the workflow's workaround (fmnist/slurm_plugin.py) ends the wait."""
+    waits forever; the workflow's workaround (fmnist/cluster/slurm_plugin.py) ends the wait."""
     workdir = copy_workflow(tmp_path / "wf")
     overlay = write_overlay(workdir / "overlay.yaml", **LONG_RUN)
     blocker = None

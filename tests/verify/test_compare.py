@@ -1,4 +1,4 @@
-"""fmnist/verify.py and fmnist/verify_plan.py: a run against its rerun, byte for byte, and
+"""fmnist/verify/compare.py and fmnist/verify/plan.py: a run against its rerun, byte for byte, and
 which runs `snakemake verify` reruns with which options (the workflow: test_verify_workflow.py)."""
 
 from __future__ import annotations

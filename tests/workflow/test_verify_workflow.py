@@ -1,7 +1,7 @@
 """`snakemake verify` end to end, on the CPU and offline: a run trained, then again from
 scratch through the same training rule, compared byte for byte; then originals "from
 somewhere else" (verify.source), unchanged and altered. The comparison itself:
-test_verify.py."""
+tests/verify/test_compare.py."""
 
 from __future__ import annotations
 

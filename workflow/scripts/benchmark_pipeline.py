@@ -27,7 +27,8 @@ The same two processes check the machine: a 1-thread matmul alone, then both at 
 (two free CPUs give 2x), and the CPUs' use by other processes is sampled before each run.
 
 Pipeline figures per distributed variant, from its timeline.csv (4 steps of epoch 1,
-fmnist.bubble): the measured idle fraction beside the GPipe formula (K-1)/(M+K-1) and the
+fmnist.report.timeline_figure): the measured idle fraction beside the GPipe formula
+(K-1)/(M+K-1) and the
 speedup bound it implies, K*M/(M+K-1); the step's span, each stage's compute, and the span
 of a zero-latency replay (the measured passes in the measured order, each starting as soon
 as its stage and its input are free): span - replay is the time the step loses to

@@ -1,4 +1,4 @@
-"""Plot the tables gather.py wrote (the command line of fmnist.figures).
+"""Plot the tables gather.py wrote (the command line of fmnist.report.figures).
 
 Reads epochs.csv and runs.csv and writes loss, accuracy and throughput figures, each as
 PNG and PDF, into ``--out-dir``; one line per configuration, as runs.csv's

@@ -1,4 +1,4 @@
-"""Draw a run's pipeline timeline (the command line of fmnist.bubble).
+"""Draw a run's pipeline timeline (the command line of fmnist.report.timeline_figure).
 
 Reads results/runs/{run}/timeline.csv (format: workflow/schemas/timeline.schema.yaml) and
 the run's run.json, and writes the figure (one lane per stage, forward and backward boxes

@@ -10,7 +10,7 @@ or the SLURM deadline drawing near); a restarted run resumes from it and ends wi
 exactly the metrics of an uninterrupted run.
 
 With train.engine distributed, this process starts one process per stage (torchrun
-locally, srun in a SLURM job: fmnist.launch) running this script with --as-rank, and
+locally, srun in a SLURM job: fmnist.engine.launch) running this script with --as-rank, and
 waits for them; they train the run together (fmnist.engine.distributed).
 
 Exit codes: 0 done (or, under SLURM, stopped early and the job requeued to go on);

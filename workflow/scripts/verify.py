@@ -1,5 +1,5 @@
 """Compare runs with their reruns from scratch, and say whether they reproduced
-(the command line of fmnist.verify; `snakemake verify` runs it).
+(the command line of fmnist.verify.compare; `snakemake verify` runs it).
 
     verify.py compare --pair ORIGINAL RERUN [--pair ...] --out-dir DIR
         compares each original run folder with its rerun, byte for byte (every metric of

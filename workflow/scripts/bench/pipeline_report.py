@@ -99,7 +99,8 @@ def _pipeline(entries: list[dict]) -> list[str]:
 def _legend(comm: dict) -> list[str]:
     return [
         "",
-        "idle: measured idle fraction (fmnist.bubble) with the stages' clocks aligned; (rec): "
+        "idle: measured idle fraction (fmnist.report.timeline_figure) with the stages' clocks "
+        "aligned; (rec): "
         "as timeline.csv records it; GPipe: (K-1)/(M+K-1); bound: the speedup it allows, "
         "K*M/(M+K-1); shift: stage 1's clock offset in timeline.csv (ms; the smallest that "
         "puts every receive after its send); step: training ms per step (epochs.csv); span: "

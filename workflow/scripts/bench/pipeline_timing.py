@@ -1,6 +1,7 @@
 """What a run's timeline.csv says about its pipeline, for benchmark_pipeline.py.
 
-fmnist.bubble reads and checks the file and measures the idle fraction; this adds what a
+fmnist.report.timeline_figure reads and checks the file and measures the idle fraction; this adds
+what a
 benchmark of the distributed engine needs beside it:
 
 * clock_shifts / aligned: each rank of the distributed engine starts its timeline clock
@@ -87,7 +88,8 @@ def aligned(timeline: pd.DataFrame, shifts: list[float]) -> pd.DataFrame:
 
 
 def timeline_figures(path: Path, microbatches: int, distributed: bool) -> dict:
-    """Idle fractions (fmnist.bubble), per-stage compute, span and zero-latency replay;
+    """Idle fractions (fmnist.report.timeline_figure), per-stage compute, span and zero-latency
+    replay;
     for the distributed engine with the stages' clocks aligned (clock_shifts), and the
     idle fraction as recorded beside it."""
     recorded = bubble.read_timeline(path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fmnist.config import stages
 from fmnist.data import idx
-from fmnist.report import timeline_figure as bubble
+from fmnist.rundir import runfiles
 
 from bench.pipeline_timing import timeline_figures
 
@@ -185,7 +185,7 @@ def run_variant(variant: Variant, args, data_dir: Path, out_dir: Path, samples: 
     timed = rows[args.warmup_epochs :]
     seconds = sum(float(row["epoch_seconds"]) for row in timed)
     timeline = timeline_figures(
-        out_dir / bubble.TIMELINE_FILE, variant.microbatches, variant.engine == "distributed"
+        out_dir / runfiles.TIMELINE_FILE, variant.microbatches, variant.engine == "distributed"
     )
     return {
         "samples_per_second": samples * len(timed) / seconds,

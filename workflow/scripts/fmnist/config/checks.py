@@ -6,13 +6,12 @@ common.smk turns it into Snakemake's error before any job, train.py into exit 2.
 
 from __future__ import annotations
 
-import math
 import os
 import urllib.parse
 import urllib.request
 
 from fmnist.config import settings
-from fmnist.config.settings import SettingError, check_value
+from fmnist.config.settings import SettingError, check_number, check_value
 from fmnist.config.stages import layer_shapes, stage_count
 from fmnist.data.idx import IMAGE_SIDE, NUM_CLASSES
 
@@ -138,10 +137,8 @@ def check_values(value, key: str = "") -> None:
             check_values(item, key)
     elif isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise SettingError(f"config key {key}: {value!r} contains a control character")
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise SettingError(f"config key {key}: {value} is not a finite number")
-    elif isinstance(value, float) and key.rpartition(".")[2] in INTEGER_KEYS:
-        raise SettingError(f"config key {key}: {value} must be written as an integer")
+    else:
+        check_number(value, key.rpartition(".")[2] in INTEGER_KEYS, f"config key {key}")
 
 
 INTEGER_KEYS = settings.integer_keys()

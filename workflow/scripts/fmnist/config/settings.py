@@ -57,16 +57,21 @@ def _integer_items(entry: dict) -> bool:
     )
 
 
+def check_number(value, integer: bool, where: str) -> None:
+    """What JSON Schema lets through: NaN and infinity, and integers written as 2.0 (YAML
+    and JSON Schema take 2.0 for an integer; train.py's options do not)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(f"{where}: {value} is not a finite number")
+    if isinstance(value, float) and integer:
+        raise SettingError(f"{where}: {value} must be written as an integer")
+
+
 def check_value(key: str, value, where: str = "train") -> None:
     """Raise SettingError if ``value`` is not a valid value of training setting ``key``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SettingError(f"{where}.{key}: {value} is not a finite number")
-    if isinstance(value, float) and TRAIN_SCHEMA[key].get("type") == "integer":
-        raise SettingError(f"{where}.{key}: {value} must be written as an integer")
-    if isinstance(value, list) and _integer_items(TRAIN_SCHEMA[key]):
+    check_number(value, TRAIN_SCHEMA[key].get("type") == "integer", f"{where}.{key}")
+    if isinstance(value, list):
         for item in value:
-            if isinstance(item, float):
-                raise SettingError(f"{where}.{key}: {item} must be written as an integer")
+            check_number(item, _integer_items(TRAIN_SCHEMA[key]), f"{where}.{key}")
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(TRAIN_SCHEMA[key]).iter_errors(value)
     )

@@ -2,7 +2,7 @@
 are all on the CPU.
 
 About 1.25-1.4x faster than autograd at batch 100 on 2-core CPUs, and bitwise equal to
-it (tests/test_kernel_step.py proves it for every Adam setting and micro-batch count).
+it (tests/engine/test_kernel_step.py proves it for every Adam setting and micro-batch count).
 It calls private ATen kernels in autograd's order, which no GPU has verified: it only
 runs where every stage is on the CPU and train.cpu_step is "kernels".
 """
@@ -227,7 +227,7 @@ class KernelStep:
         self.total_weight = torch.empty(microbatches, dtype=torch.float32, device=d1)
         self.chunk_losses = torch.empty(microbatches, dtype=torch.float32, device=d1)
         self.plans: dict[int, tuple] = {}
-        self.timeline = None  # a fmnist.timeline.Timeline while steps are being recorded
+        self.timeline = None  # a fmnist.engine.timeline.Timeline while steps are being recorded
 
     def attach_grads(self) -> None:
         for p, grad in self.grads.items():

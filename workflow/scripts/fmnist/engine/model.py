@@ -108,7 +108,7 @@ def pipelined_backward(model: ModelParallelMLP, x, y, microbatches: int, timelin
     stage 1 computes chunk i; on GPUs both devices' queues stay busy. The backward passes
     then run chunk by chunk in order, as torch.distributed.pipelining runs them, so the
     gradients accumulate in the same order. With one micro-batch this is exactly the
-    tutorial's step and loss. ``timeline`` (fmnist.timeline.Timeline) records when each
+    tutorial's step and loss. ``timeline`` (fmnist.engine.timeline.Timeline) records when each
     stage worked on each chunk.
     """
     chunks = list(torch.flatten(x, 1).chunk(microbatches))

@@ -3,7 +3,7 @@
 RankEnvironment only reads what the launcher set: torchrun's RANK, WORLD_SIZE and
 LOCAL_RANK, or, in a task that srun started, SLURM's own SLURM_PROCID, SLURM_NTASKS and
 SLURM_LOCALID; the address to meet at is MASTER_ADDR:MASTER_PORT either way (torchrun
-sets them; under SLURM fmnist.launch does, on the job's first node, where task 0 runs).
+sets them; under SLURM fmnist.engine.launch does, on the job's first node, where task 0 runs).
 """
 
 from __future__ import annotations

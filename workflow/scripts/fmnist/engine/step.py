@@ -27,12 +27,12 @@ class AutogradStep:
     """One training step the textbook way: autograd and torch.optim.Adam.step().
 
     The step on GPUs; on the CPU, the reference that kernel_step.KernelStep reproduces
-    bit for bit (tests/test_kernel_step.py checks this) and the "before" of the benchmark.
+    bit for bit (tests/engine/test_kernel_step.py checks this) and the "before" of the benchmark.
     """
 
     def __init__(self, model: ModelParallelMLP, optimizer, microbatches: int):
         self.model, self.optimizer, self.microbatches = model, optimizer, microbatches
-        self.timeline = None  # a fmnist.timeline.Timeline while steps are being recorded
+        self.timeline = None  # a fmnist.engine.timeline.Timeline while steps are being recorded
 
     def __call__(self, x, y, loss_out: torch.Tensor) -> None:
         self.optimizer.zero_grad()

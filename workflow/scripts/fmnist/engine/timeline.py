@@ -6,7 +6,7 @@ queues the work; the events say when the GPU ran it). Times are seconds since th
 of the recorded window, one clock for all stages: in the distributed engine each rank
 starts its clock when a barrier releases them together, or, on rank 0's host, takes rank 0's
 start (one monotonic clock per host, so those stages line up exactly).
-workflow/scripts/fmnist/bubble.py
+workflow/scripts/fmnist/report/timeline_figure.py
 reads the file and draws it (workflow/schemas/timeline.schema.yaml is its format).
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from fmnist.rundir.files import atomic_write_text
+from fmnist.rundir.runfiles import TIMELINE_FILE
 
-TIMELINE_FILE = "timeline.csv"
 COLUMNS = ["step", "stage", "microbatch", "phase", "start_seconds", "end_seconds"]
 FIRST_BATCH = 1  # the window skips the first batch: it warms up (and sets up the pipeline)
 STEPS = 4

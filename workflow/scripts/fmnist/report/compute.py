@@ -2,7 +2,7 @@
 
 Sources, best first:
 
-* **sacct** (under SLURM; :mod:`fmnist.sacct`): every allocation of the run's jobs, also
+* **sacct** (under SLURM; :mod:`fmnist.cluster.sacct`): every allocation of the run's jobs, also
   those of a requeued job (one record per start, ``sacct -D``), with AllocTRES, Elapsed,
   queue wait, MaxRSS and ConsumedEnergy. A job's records count only if one of them
   contains an attempt of the run in time (its start lies within the allocation), so a job

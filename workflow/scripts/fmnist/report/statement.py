@@ -1,7 +1,7 @@
 """The compute statement a paper can paste (compute.md, compute.tex): the workers, the runs,
 their GPU-hours and CPU-hours per run and in total, attempts cut short, the SLURM jobs.
 
-It is built from runs.csv's and compute.csv's columns (:mod:`fmnist.compute`), so its
+It is built from runs.csv's and compute.csv's columns (:mod:`fmnist.report.compute`), so its
 totals are the sums of the runs' figures. Imports no torch.
 """
 

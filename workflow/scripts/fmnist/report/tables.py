@@ -5,9 +5,9 @@
   configuration);
 * summary: one row per configuration (mean, std and 95 % CI over seeds);
 * provenance: one row per run folder (code, software, hardware, scheduler, data), built
-  by :mod:`fmnist.provenance`;
+  by :mod:`fmnist.report.provenance`;
 * compute: one row per attempt (under SLURM: per allocation) with its wall time, GPUs,
-  CPUs, GPU-hours and CPU-hours, built by :mod:`fmnist.compute`; runs.csv has each run's
+  CPUs, GPU-hours and CPU-hours, built by :mod:`fmnist.report.compute`; runs.csv has each run's
   totals and summary.csv each configuration's.
 
 A configuration is every parameter except the seed. Runs are grouped into configurations

@@ -20,7 +20,6 @@ Imports no torch.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from functools import cache
@@ -40,7 +39,6 @@ from fmnist.rundir import runfiles
 from fmnist.rundir.files import atomic_write
 from fmnist.schemas import load_schema
 
-TIMELINE_FILE = "timeline.csv"
 SCHEMA = load_schema("timeline")
 COLUMNS = list(SCHEMA["properties"])
 """The header of every timeline.csv, in order."""
@@ -144,13 +142,7 @@ def _check_header(header: list[str], path) -> None:
 def read_timeline(path) -> pd.DataFrame:
     """The rows of a timeline.csv, each checked against the schema, with a ``row`` column
     holding its row number in the file (header = 1)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            lines = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise TimelineError(f"{path}: cannot read CSV: {err}") from err
-    if not lines:
-        raise TimelineError(f"{path}: empty file")
+    lines = runfiles.read_csv_rows(path, TimelineError)
     _check_header([h.strip() for h in lines[0]], path)
     rows = []
     for lineno, cells in enumerate(lines[1:], start=2):

@@ -22,11 +22,12 @@ import jsonschema
 from fmnist.rundir.files import atomic_write_text
 from fmnist.schemas import load_schema
 
-EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE = (
+EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE = (
     "epochs.csv",
     "run.json",
     "model.pt",
     "checkpoint.pt",
+    "timeline.csv",
 )
 
 
@@ -184,15 +185,23 @@ def _parse_rows(rows: list[list[str]], header: list[str], path: Path):
     return columns, line_numbers
 
 
-def read_epochs(path: Path) -> dict[str, list]:
-    """The columns of an epochs.csv (every metric of the format, NaN where absent)."""
+def read_csv_rows(path, error: type[Exception] | None = None) -> list[list[str]]:
+    """A CSV file's rows, header first; ``error`` (RunFileError) names the file that cannot
+    be read or is empty."""
+    error = error or RunFileError
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise RunFileError(f"{path}: cannot read CSV: {err}") from err
+        raise error(f"{path}: cannot read CSV: {err}") from err
     if not rows:
-        raise RunFileError(f"{path}: empty file")
+        raise error(f"{path}: empty file")
+    return rows
+
+
+def read_epochs(path: Path) -> dict[str, list]:
+    """The columns of an epochs.csv (every metric of the format, NaN where absent)."""
+    rows = read_csv_rows(path)
     header = [h.strip() for h in rows[0]]
     _check_header(header, path)
     columns, line_numbers = _parse_rows(rows[1:], header, path)

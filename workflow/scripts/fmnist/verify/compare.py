@@ -171,8 +171,8 @@ def provenance_facts(record: dict) -> dict:
     """What run.json says about the run's conditions, by the name a verdict gives it.
 
     Per attempt facts are the last attempt's (it finished the run). ``CPU capability`` is
-    the attempt's ``cpu_capability`` where training records it (run.json format 2 does
-    not yet): None when absent.
+    the attempt's ``cpu_capability`` (torch's CPU kernel set), which training records in
+    every attempt; None in run folders written before it was recorded.
     """
     last, setup = record["attempts"][-1], record["setup"]
     return {
