@@ -310,7 +310,7 @@ def make_record(run_id: str, params: dict, *, setup=None, attempts=None, **top) 
             "devices": ["cpu", "cpu"],
             "train_step": "KernelStep",
             "threads": 1,
-            "deadline_margin_seconds": 90.0,
+            "signal_seconds": 90.0,
             "data_dir": "resources/synthetic",
             "data_md5": {},
             "determinism": determinism,

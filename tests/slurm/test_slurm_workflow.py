@@ -89,8 +89,11 @@ def fast_requeue(slurm_cluster):
                 ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True
             ).stdout.split("\n")
             for job, _, reason in (line.partition(" ") for line in pending if line):
+                if reason != "BeginTime":  # not (or no longer) held back after a requeue
+                    waiting_since.pop(job, None)
+                    continue
                 since = waiting_since.setdefault(job, time.monotonic())
-                if reason == "BeginTime" and time.monotonic() - since >= REQUEUE_SETTLE_S:
+                if time.monotonic() - since >= REQUEUE_SETTLE_S:
                     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
                     del waiting_since[job]
 

@@ -24,7 +24,7 @@ from fmnist.report import timeline_figure as bubble
 
 # bubble's own per-step span (last end - first start over all stages), the span its idle
 # fraction is of; the benchmark reports it beside the replay's.
-spans = bubble._spans
+spans = bubble.step_spans
 
 
 def replay_span(step: list) -> float:

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from fmnist.report.tables import CONFIGURATION_COLUMN
+from fmnist.report.labels import CONFIGURATION_COLUMN
 from fmnist.rundir.files import atomic_write
 
 OKABE_ITO = [

@@ -1,4 +1,5 @@
-"""The report's labels of a run's page: its swept parameters, as its run id writes them.
+"""How the report names runs and configurations: the labels of a run's page (its swept
+parameters, as its run id writes them) and the configuration column of the tables.
 
 Used by workflow/rules/analysis.smk while Snakemake builds the report; imports neither
 torch nor pandas (planning stays fast).
@@ -7,6 +8,11 @@ torch nor pandas (planning stays fast).
 from __future__ import annotations
 
 from fmnist.config.naming import format_value
+
+CONFIGURATION_COLUMN = "configuration"
+"""The tables' column naming each run's configuration (what the figures' legends show)."""
+TUTORIAL_LABEL, BASE_LABEL = "tutorial log", "base"
+"""The configuration of a tutorial log's run, and of runs that sweep nothing."""
 
 
 def run_labels(run: str, runs: dict[str, dict], swept) -> dict[str, str]:

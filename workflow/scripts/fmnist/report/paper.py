@@ -16,7 +16,7 @@ from fmnist.report.formats import (
     format_mean_std,
     latex_escape,
 )
-from fmnist.report.tables import TUTORIAL_LABEL
+from fmnist.report.labels import TUTORIAL_LABEL
 
 NOTE = (
     "Final-epoch values, mean ± sample standard deviation over seeds; "

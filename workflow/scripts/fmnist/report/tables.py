@@ -27,13 +27,12 @@ import pandas as pd
 from fmnist.config.naming import config_label, format_value
 from fmnist.report import compute
 from fmnist.report.formats import is_missing
+from fmnist.report.labels import BASE_LABEL, CONFIGURATION_COLUMN, TUTORIAL_LABEL
 from fmnist.report.provenance import join_cell, provenance_table, record_facts
 from fmnist.report.stats import mean_std_ci95
 from fmnist.rundir.runfiles import Run
 
 SEED_COLUMN = "seed"
-CONFIGURATION_COLUMN = "configuration"
-TUTORIAL_LABEL, BASE_LABEL = "tutorial log", "base"
 
 RUN_METRICS = [
     "final_test_accuracy",

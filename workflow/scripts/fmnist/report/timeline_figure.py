@@ -240,7 +240,7 @@ def check_timeline(timeline: pd.DataFrame, microbatches: int, path) -> None:
     _check_indices(timeline, microbatches, path)
     _check_complete(timeline, microbatches, path)
     _check_one_at_a_time(timeline, path)
-    spans = _spans(timeline)
+    spans = step_spans(timeline)
     if (spans <= 0).any():
         raise TimelineError(f"{path}: step {spans.idxmin()} takes no time (all its passes are 0 s)")
 
@@ -248,7 +248,7 @@ def check_timeline(timeline: pd.DataFrame, microbatches: int, path) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def _spans(timeline: pd.DataFrame) -> pd.Series:
+def step_spans(timeline: pd.DataFrame) -> pd.Series:
     """Per step: last end - first start over all stages."""
     steps = timeline.groupby("step")
     return steps["end_seconds"].max() - steps["start_seconds"].min()
@@ -263,7 +263,7 @@ def idle_fractions(timeline: pd.DataFrame, microbatches: int) -> Idle:
         .sum()
         .unstack(fill_value=0.0)
     )
-    span = _spans(timeline)
+    span = step_spans(timeline)
     # (K·span - busy) / (K·span), not 1 - busy/(K·span): exact where the times are whole
     # numbers, so that a perfect schedule measures exactly its formula.
     per_step = (stages * span - busy.sum(axis=1)) / (stages * span)
