@@ -145,11 +145,17 @@ def xdist_group(nodeid: str) -> str:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` runs two workers (-n 2); tests are handed out by xdist_group."""
+    """`make test` runs two workers (-n 2); tests are handed out by xdist_group, the SLURM
+    group first (the longest chain: a worker starts on it at once)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return xdist_group(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if "slurm" in self.workqueue:
+                self.workqueue.move_to_end("slurm", last=False)
+            super()._assign_work_unit(node)
 
     return ByGroup(config, log)

@@ -23,6 +23,7 @@ from bench.machine import quietness
 from bench.pipeline_results import goal_verdicts, median_of, ratios
 from bench.pipeline_timing import aligned, clock_shifts, replay_span, spans
 from bench.pipeline_variants import Variant, build_variants, parse_model
+from bench.summary import pipeline_markdown
 from fmnist.data import synthetic
 from fmnist.report import timeline_figure as bubble
 from helpers import ENV, SCRIPTS_DIR, TIMEOUT
@@ -30,6 +31,7 @@ from helpers import ENV, SCRIPTS_DIR, TIMEOUT
 pytestmark = pytest.mark.distributed
 
 BENCHMARK = SCRIPTS_DIR / "benchmark_pipeline.py"
+SUMMARY = SCRIPTS_DIR / "benchmark_summary.py"
 VARIANTS = {
     "200/single_autograd_m1": ("single_process", 1, None),
     "200/single_kernels_m1": ("single_process", 1, None),
@@ -338,3 +340,23 @@ def test_microbatches_must_divide_the_batch():
     )
     assert result.returncode == 2
     assert "do not divide --batch-size 100" in result.stderr
+
+
+def test_the_summary_tables_and_figure_come_from_the_json(bench, tmp_path):
+    """benchmark_summary.py renders the report's numbers, not numbers typed by hand."""
+    report, _, root = bench
+    markdown = pipeline_markdown(report)
+    for entry in report["variants"].values():
+        row = f"| {entry['model']} | {entry['variant']} | "
+        assert row + f"{entry['samples_per_second']['median']:,.0f} |" in markdown
+    fastest = report["goal"]["models"]["200"]["fastest_single"]["any"]
+    assert f"{fastest['best_variant']} {fastest['speedup']:.2f}×" in markdown
+    done = subprocess.run(
+        [sys.executable, str(SUMMARY), "--pipeline", str(root / "report.json")]
+        + ["--markdown", str(tmp_path / "t.md"), "--pipeline-figure", str(tmp_path / "p.png")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "t.md").read_text() == markdown
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

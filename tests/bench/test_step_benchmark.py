@@ -17,6 +17,7 @@ import sys
 
 import pytest
 from bench.step_variants import step_flops
+from bench.summary import step_figure, step_markdown
 from helpers import ENV, SCRIPTS_DIR
 
 BENCHMARK = SCRIPTS_DIR / "benchmark.py"
@@ -183,3 +184,16 @@ def test_help():
     assert result.stdout.startswith("usage: ")
     for flag in ("--threads", "--repetitions", "--train-size", "--adam-impls", "--out"):
         assert flag in result.stdout
+
+
+def test_the_summary_table_and_figure_come_from_the_json(bench, tmp_path):
+    """Each variant's best / median samples/s and ratio, as the JSON has them."""
+    report, _, _ = bench
+    markdown = step_markdown(report)
+    for entry in report["threads"]["1"]["variants"].values():
+        sps = entry["samples_per_second"]
+        ratio = entry["ratio_to_tutorial"]["median_of_rounds"]
+        cell = f"{sps['best']:,.0f} / {sps['median']:,.0f} ({ratio:.2f}×)"
+        assert f"| ({entry['group']}) {entry['label']} | {cell} |" in markdown
+    step_figure(report, tmp_path / "step.png")
+    assert (tmp_path / "step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

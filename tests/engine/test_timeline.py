@@ -98,7 +98,10 @@ def test_the_trainer_records_one_window_that_bubble_reads(synthetic_data, tmp_pa
     table = bubble.read_timeline(tmp_path / runfiles.TIMELINE_FILE)
     bubble.check_timeline(table, 4, tmp_path / runfiles.TIMELINE_FILE)
     idle = bubble.idle_fractions(table, 4)
-    assert 0.3 < idle.fraction < 0.7  # two unequal stages, one after the other
+    # One process runs its two stages one after the other, never both at once: each step
+    # leaves at least half of the stages' time idle, however fast or loaded the machine.
+    assert idle.fraction >= 1 - 1 / 2
+    assert all(fraction >= 1 - 1 / 2 for fraction in idle.per_step.values())
     assert idle.gpipe == pytest.approx(0.2)
 
 
@@ -143,12 +146,14 @@ def test_gpu_layouts_measure_each_span_on_its_own_device(
     )
     for row in rows:
         assert 0 <= row["start_seconds"] <= row["end_seconds"], row
-    # Each stage's backward of a micro-batch ends before the stage below starts its own.
+    # On one clock (stages on the same device), a stage's backward of a micro-batch ends
+    # no later than the stage below ends its own (it hands the gradient down).
     spans = {(r["stage"], r["microbatch"], r["phase"]): r for r in rows}
     for mb in range(microbatches):
         for s in range(stages - 1):
-            upper, lower = spans[(s + 1, mb, "backward")], spans[(s, mb, "backward")]
-            assert upper["end_seconds"] <= lower["end_seconds"] + 1e-3
+            if layout[s] == layout[s + 1]:
+                upper, lower = spans[(s + 1, mb, "backward")], spans[(s, mb, "backward")]
+                assert upper["end_seconds"] <= lower["end_seconds"]
 
 
 def test_the_stand_in_refuses_what_cuda_refuses(monkeypatch):

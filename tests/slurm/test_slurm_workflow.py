@@ -134,81 +134,6 @@ def test_sweep_runs_are_concurrent_jobs(slurm_cluster, tmp_path):
     assert sorted(r["run_id"] for r in runs) == ["seed=0", "seed=1"]
 
 
-def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
-    slurm_cluster, fast_requeue, tmp_path
-):
-    """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job.
-    Both engines share the training loop, its stop and its checkpoint (a single-process stop
-    at the deadline and its resume: engine/test_train.py, the preemption test below); here
-    the distributed engine's two stage processes stop together in each window, requeue the
-    job, resume, and end with the single-process reference's numbers, bit for bit. The run
-    is one job of one task per stage: each allocation's srun step runs both."""
-    workdir = copy_workflow(tmp_path / "wf")
-    # About 4 s an epoch on one core here: 16 epochs need three or more 30-s job windows,
-    # and still two on a core twice as fast.
-    synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
-    data = {"dir": "resources/synthetic", "synthetic": synthetic}
-    train = {
-        "epochs": 16,
-        "hidden_sizes": [2048],
-        "devices": ["cpu", "cpu"],
-        "engine": "distributed",
-        "microbatches": 2,
-    }
-    overlay = write_overlay(
-        workdir / "overlay.yaml",
-        data=data,
-        train=train,
-        resources={"train_model_parallel": {"runtime": 2, "signal_seconds": 90}},
-    )
-    # The uninterrupted reference, computed meanwhile on the other core from the same
-    # (deterministically generated) data.
-    reference_dir = tmp_path / "reference"
-    sums = write_synthetic(tmp_path / "reference_data", **synthetic)
-    reference = start_reference(
-        tmp_path / "reference_data", reference_dir, train, "--microbatches", "2"
-    )
-    result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
-    reference_out, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, reference_out
-    assert result.returncode == 0, result.stdout + result.stderr
-
-    run_dir = workdir / "results/runs/base"
-    record = json.loads((run_dir / "run.json").read_text())
-    attempts = record["attempts"]
-    # More windows than the profile's retries (0) allow: time-limit stops spend none.
-    assert len(attempts) >= 3, attempts
-    assert all(a["stopped"] == "the SLURM time limit is near" for a in attempts[:-1]), attempts
-    # One job, requeued by itself before each limit: the same id throughout, no TIMEOUT.
-    (job,) = {a["slurm"]["job_id"] for a in attempts}
-    assert result.stderr.count("has been submitted with SLURM jobid") == 1
-    states = sacct_history(job)
-    assert states == ["REQUEUED"] * (len(attempts) - 1) + ["COMPLETED"], states
-    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
-    # Each attempt rewrites the log; the last one resumed from the previous one's checkpoint.
-    assert "resuming from results/runs/base/checkpoint.pt" in log
-    assert not (run_dir / "checkpoint.pt").exists()
-    epochs = [r["epoch"] for r in csv.DictReader((run_dir / "epochs.csv").open())]
-    assert epochs == [str(e) for e in range(1, 17)]
-
-    assert record["setup"]["data_md5"] == sums
-    expected = metric_columns(reference_dir / "epochs.csv")
-    assert metric_columns(run_dir / "epochs.csv") == expected
-    assert_compute_matches_sacct(workdir, job, len(attempts))
-    assert all([r["slurm_task_id"] for r in a["ranks"]] == ["0", "1"] for a in attempts)
-    assert all([r["rank"] for r in a["ranks"]] == [0, 1] for a in attempts)
-    assert record["setup"]["world_size"] == 2
-    assert "srun --ntasks=2 --cpus-per-task=1" in log
-    steps = subprocess.run(
-        ["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,AllocCPUS,State"],
-        env=slurm_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert f"{job}.0|2|2|COMPLETED" in steps, steps
-
-
 def assert_compute_matches_sacct(workdir: Path, job: str, allocations: int) -> None:
     """Every allocation of the requeued job is accounted for, as sacct -D reports it."""
     records = sacct_rows(job, "ElapsedRaw,AllocTRES,State", "-D")
@@ -459,3 +384,80 @@ def test_stage_tasks_get_one_gpu_each_inside_a_job_that_asked_per_gpu(slurm_clus
     assert [t.split()[0] for t in tasks] == ["task=0", "task=1"], output
     gpus = [t.split("gpus=")[1] for t in tasks]
     assert len(set(gpus)) == 2 and all(len(g.split(",")) == 1 for g in gpus), output
+
+
+# Last in the file, so that under `make test` the other worker has mostly finished: the run's
+# windows then get the CPUs they are sized for.
+def test_time_limit_checkpoints_and_resumes_to_identical_metrics(
+    slurm_cluster, fast_requeue, tmp_path
+):
+    """runtime: 2 leaves 30 s of work per window: the run needs several windows of one job.
+    Both engines share the training loop, its stop and its checkpoint (a single-process stop
+    at the deadline and its resume: engine/test_train.py, the preemption test below); here
+    the distributed engine's two stage processes stop together in each window, requeue the
+    job, resume, and end with the single-process reference's numbers, bit for bit. The run
+    is one job of one task per stage: each allocation's srun step runs both."""
+    workdir = copy_workflow(tmp_path / "wf")
+    # About 4 s an epoch on one core here: 16 epochs need three or more 30-s job windows,
+    # and still two on a core twice as fast.
+    synthetic = {"train_size": 20000, "test_size": 500, "seed": 0}
+    data = {"dir": "resources/synthetic", "synthetic": synthetic}
+    train = {
+        "epochs": 16,
+        "hidden_sizes": [2048],
+        "devices": ["cpu", "cpu"],
+        "engine": "distributed",
+        "microbatches": 2,
+    }
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        data=data,
+        train=train,
+        resources={"train_model_parallel": {"runtime": 2, "signal_seconds": 90}},
+    )
+    # The uninterrupted reference, computed meanwhile on the other core from the same
+    # (deterministically generated) data.
+    reference_dir = tmp_path / "reference"
+    sums = write_synthetic(tmp_path / "reference_data", **synthetic)
+    reference = start_reference(
+        tmp_path / "reference_data", reference_dir, train, "--microbatches", "2"
+    )
+    result = run_snakemake(workdir, "--configfile", str(overlay), timeout=900)
+    reference_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, reference_out
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    run_dir = workdir / "results/runs/base"
+    record = json.loads((run_dir / "run.json").read_text())
+    attempts = record["attempts"]
+    # More windows than the profile's retries (0) allow: time-limit stops spend none.
+    assert len(attempts) >= 3, attempts
+    assert all(a["stopped"] == "the SLURM time limit is near" for a in attempts[:-1]), attempts
+    # One job, requeued by itself before each limit: the same id throughout, no TIMEOUT.
+    (job,) = {a["slurm"]["job_id"] for a in attempts}
+    assert result.stderr.count("has been submitted with SLURM jobid") == 1
+    states = sacct_history(job)
+    assert states == ["REQUEUED"] * (len(attempts) - 1) + ["COMPLETED"], states
+    log = (workdir / "results/logs/train_model_parallel/base.log").read_text()
+    # Each attempt rewrites the log; the last one resumed from the previous one's checkpoint.
+    assert "resuming from results/runs/base/checkpoint.pt" in log
+    assert not (run_dir / "checkpoint.pt").exists()
+    epochs = [r["epoch"] for r in csv.DictReader((run_dir / "epochs.csv").open())]
+    assert epochs == [str(e) for e in range(1, 17)]
+
+    assert record["setup"]["data_md5"] == sums
+    expected = metric_columns(reference_dir / "epochs.csv")
+    assert metric_columns(run_dir / "epochs.csv") == expected
+    assert_compute_matches_sacct(workdir, job, len(attempts))
+    assert all([r["slurm_task_id"] for r in a["ranks"]] == ["0", "1"] for a in attempts)
+    assert all([r["rank"] for r in a["ranks"]] == [0, 1] for a in attempts)
+    assert record["setup"]["world_size"] == 2
+    assert "srun --ntasks=2 --cpus-per-task=1" in log
+    steps = subprocess.run(
+        ["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,AllocCPUS,State"],
+        env=slurm_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert f"{job}.0|2|2|COMPLETED" in steps, steps
