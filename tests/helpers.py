@@ -43,6 +43,12 @@ def import_script(name: str):
 # --------------------------------------------------------------------------- workflows
 
 
+def run_script(script: Path, *args, env=None) -> subprocess.CompletedProcess:
+    """A workflow script as its rule runs it: a subprocess, its output captured as text."""
+    command = [sys.executable, str(script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
 def copy_workflow(dest: Path) -> Path:
     """A fresh copy of the workflow (no results, no .snakemake) to run in."""
     dest.mkdir(parents=True)

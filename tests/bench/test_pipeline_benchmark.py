@@ -26,7 +26,7 @@ from bench.pipeline_variants import Variant, build_variants, parse_model
 from bench.summary import pipeline_markdown
 from fmnist.data import synthetic
 from fmnist.report import timeline_figure as bubble
-from helpers import ENV, SCRIPTS_DIR, TIMEOUT
+from helpers import ENV, SCRIPTS_DIR, TIMEOUT, run_script
 
 pytestmark = pytest.mark.distributed
 
@@ -321,9 +321,7 @@ def test_quietness():
 
 
 def test_help():
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True, env=ENV
-    )
+    result = run_script(BENCHMARK, "--help", env=ENV)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: ")
     for flag in ("--models", "--microbatches", "--schedules", "--repetitions", "--out"):

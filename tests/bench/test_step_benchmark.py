@@ -18,7 +18,7 @@ import sys
 import pytest
 from bench.step_variants import step_flops
 from bench.summary import step_figure, step_markdown
-from helpers import ENV, SCRIPTS_DIR
+from helpers import ENV, SCRIPTS_DIR, run_script
 
 BENCHMARK = SCRIPTS_DIR / "benchmark.py"
 TRAIN = SCRIPTS_DIR / "train.py"
@@ -177,9 +177,7 @@ def test_printed_table(bench):
 
 
 def test_help():
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--help"], capture_output=True, text=True, env=ENV
-    )
+    result = run_script(BENCHMARK, "--help", env=ENV)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: ")
     for flag in ("--threads", "--repetitions", "--train-size", "--adam-impls", "--out"):

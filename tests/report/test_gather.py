@@ -9,15 +9,20 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import SCRIPTS_DIR, three_epochs, write_run, write_three_seeds, write_tutorial_log
+from helpers import (
+    SCRIPTS_DIR,
+    run_script,
+    three_epochs,
+    write_run,
+    write_three_seeds,
+    write_tutorial_log,
+)
 
 SCRIPT = SCRIPTS_DIR / "gather.py"
 
 
 def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
-    )
+    return run_script(SCRIPT, *args, env=env)
 
 
 def fake_torch_env(tmp_path) -> dict:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pandas as pd
 from fmnist.report.gathering import gather_runs
-from helpers import SCRIPTS_DIR, write_three_seeds, write_tutorial_log
+from helpers import SCRIPTS_DIR, run_script, write_three_seeds, write_tutorial_log
 
 SCRIPT = SCRIPTS_DIR / "plot.py"
 FIGURES = ["loss", "accuracy", "throughput"]
 
 
 def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
-    )
+    return run_script(SCRIPT, *args, env=env)
 
 
 def tables(tmp_path):

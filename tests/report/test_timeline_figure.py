@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import matplotlib.pyplot as plt
 import pytest
 from fmnist.report import timeline_figure as bubble
-from helpers import DEFAULT_SETTINGS, SCRIPTS_DIR, make_record
+from helpers import DEFAULT_SETTINGS, SCRIPTS_DIR, make_record, run_script
 
 SCRIPT = SCRIPTS_DIR / "plot_timeline.py"
 HEADER = "step,stage,microbatch,phase,start_seconds,end_seconds"
@@ -228,9 +226,7 @@ def test_the_figure_names_the_pipeline_and_both_fractions(tmp_path):
 
 
 def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env
-    )
+    return run_script(SCRIPT, *args, env=env)
 
 
 def test_cli_help():

@@ -9,8 +9,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +18,7 @@ from fmnist.config import settings
 from fmnist.rundir import runfiles
 from fmnist.verify import compare as verify
 from fmnist.verify.plan import PlanError, VerifyPlan
-from helpers import DEFAULT_SETTINGS, HEADER, SCRIPTS_DIR, write_run_folder
+from helpers import DEFAULT_SETTINGS, HEADER, SCRIPTS_DIR, run_script, write_run_folder
 
 ROWS = [
     (1, 0.8123456789012345, 0.7, 0.71, 1.5, 1333.3),
@@ -195,12 +193,7 @@ def test_fewer_epochs_are_named(tmp_path):
 
 
 def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS_DIR / "verify.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    return run_script(SCRIPTS_DIR / "verify.py", *args, env=env)
 
 
 def test_cli_compare_then_check(tmp_path):
