@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -197,7 +198,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(runs, synthetic_data, 
     assert "finished" not in attempts[0] and "finished" in attempts[1]
 
 
-def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_data, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_data, tmp_path, sig):
+    """SIGHUP (a closed terminal) stops a run like SIGTERM: with its checkpoint."""
     out = tmp_path / "stopped"
     args = cli(synthetic_data, out, **RESUME)
     proc = subprocess.Popen(
@@ -212,7 +215,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_dat
         for line in proc.stdout:  # handlers are in place once epoch 1 is logged
             seen.append(line)
             if line.startswith(f"Epoch [1/{RESUME['epochs']}]"):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(sig)
                 break
         rest, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
@@ -226,7 +229,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_dat
     assert 1 <= epoch < RESUME["epochs"]
     assert 0 <= done < 200
     assert (
-        f"stopping early: received SIGTERM. Checkpoint saved at epoch {epoch + 1}, "
+        f"stopping early: received {sig.name}. Checkpoint saved at epoch {epoch + 1}, "
         f"batch {done + 1}; run again to resume (exit 75)"
     ) in stdout
     # Stopped inside an epoch: its shuffle order and the losses so far are saved.
@@ -235,7 +238,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_dat
     assert losses.shape == (200,)
     assert bool((losses[:done] > 0).all()) and bool((losses[done:] == 0).all())
     assert data_rows(out) == epoch
-    assert state["attempts"][0]["stopped"] == "received SIGTERM"
+    assert state["attempts"][0]["stopped"] == f"received {sig.name}"
 
     second = run_train(out, args)
     assert second.returncode == 0, second.stderr
@@ -251,7 +254,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_is_exact(runs, synthetic_dat
     assert not (out / "checkpoint.pt").exists()
     attempts = json.loads((out / "run.json").read_text())["attempts"]
     assert len(attempts) == 2
-    assert attempts[0]["stopped"] == "received SIGTERM" and "stopped" not in attempts[1]
+    assert attempts[0]["stopped"] == f"received {sig.name}" and "stopped" not in attempts[1]
 
 
 def test_resume_in_the_middle_of_an_epoch_is_exact(synthetic_data, tmp_path, torch_state):
@@ -287,14 +290,17 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(synthetic_data, tmp_path, tor
         assert_same_tensors(opt[i], ref_opt[i])
 
 
-def test_checkpoint_of_other_settings_is_ignored(runs):
+def test_checkpoint_of_other_settings_is_set_aside_naming_the_difference(runs):
     run = runs["repeat"]
     result = run.ok()
     checkpoint = run.out / "checkpoint.pt"
-    assert f"checkpoint {checkpoint} belongs to other settings or data; starting from scratch" in (
-        result.stdout
-    )
+    assert (
+        f"checkpoint {checkpoint} belongs to other settings or data (params.lr: 0.02 (now "
+        f"0.01)); moved it aside to {checkpoint}.bad and starting from scratch"
+    ) in result.stdout
     assert "resuming" not in result.stdout
+    kept = torch.load(f"{checkpoint}.bad", map_location="cpu", weights_only=True)
+    assert kept["fingerprint"]["params"]["lr"] == 0.02 and kept["epoch"] == 1
     runs["ref"].ok()
     assert metric_lines(run.out) == metric_lines(runs["ref"].out)
     assert_same_tensors(
@@ -302,6 +308,61 @@ def test_checkpoint_of_other_settings_is_ignored(runs):
     )
     assert len(json.loads((run.out / "run.json").read_text())["attempts"]) == 1
     assert not checkpoint.exists()
+
+
+def test_a_final_checkpoint_resumes_straight_to_the_outputs(runs, synthetic_data, tmp_path):
+    """A folder where model.pt goes: the first attempt trains every epoch, cannot write its
+    outputs (exit 2, naming the file, no traceback) and keeps the checkpoint saved after
+    the last epoch; once the folder is gone the next attempt trains nothing and writes
+    the uninterrupted run's outputs."""
+    out = tmp_path / "run"
+    (out / "model.pt").mkdir(parents=True)
+    args = cli(synthetic_data, out)
+    first = run_train(out, args)
+    assert first.returncode == 2, first.stdout + first.stderr
+    assert f"error: cannot write {out / 'model.pt'}: Is a directory" in first.stderr
+    assert "Traceback" not in first.stderr
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["batches_done"]) == (3, 0)
+
+    (out / "model.pt").rmdir()
+    second = run_train(out, args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resuming from {out / 'checkpoint.pt'}: all 3 epochs done; writing" in second.stdout
+    runs["ref"].ok()
+    assert metric_lines(out) == metric_lines(runs["ref"].out)
+    assert_same_tensors(load_weights(out / "model.pt"), load_weights(runs["ref"].out / "model.pt"))
+    assert not (out / "checkpoint.pt").exists()
+    attempts = json.loads((out / "run.json").read_text())["attempts"]
+    assert [a["start_epoch"] for a in attempts] == [1, 4]
+
+
+def test_a_full_disk_is_a_permanent_failure_naming_the_file(synthetic_data, tmp_path):
+    """A file size limit below the checkpoint's size stands in for a full disk (the write
+    fails the same way, partway through): exit 2, never requeued, no traceback, and no
+    temporary file left behind."""
+    out = tmp_path / "run"
+    limit = 300_000  # epochs.csv fits; the checkpoint (1.9 MB) does not
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *cli(synthetic_data, out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=TIMEOUT,
+        preexec_fn=limit_file_size,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"error: cannot write {out / 'checkpoint.pt'}: File too large after 0.3 MB" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not list(out.glob(".*.tmp-*"))
+    assert data_rows(out) == 1
 
 
 def test_the_other_settings_differ_only_in_lr(synthetic_data, tmp_path, torch_state):
@@ -316,15 +377,15 @@ def test_the_other_settings_differ_only_in_lr(synthetic_data, tmp_path, torch_st
 
 
 def test_non_finite_loss_names_epoch_and_batch(synthetic_data, tmp_path, capsys, torch_state):
-    """An uncaught exception: the interpreter exits with status 1."""
+    """Exit 1 (never requeued: the same settings diverge again) with the message alone."""
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError) as error:
-        train_py.main(cli(synthetic_data, out, lr=1e30, epochs=2))
-    assert str(error.value) == (
-        "non-finite training loss (nan) at epoch 1, batch 2 of 20; "
-        "try a smaller train.lr or check the data"
+    assert train_py.main(cli(synthetic_data, out, lr=1e30, epochs=2)) == 1
+    printed = capsys.readouterr()
+    assert printed.err == (
+        "error: non-finite training loss (nan) at epoch 1, batch 2 of 20; "
+        "try a smaller train.lr or check the data\n"
     )
-    assert "Epoch [1/2]" not in capsys.readouterr().out
+    assert "Epoch [1/2]" not in printed.out
     assert not (out / "model.pt").exists() and not (out / "run.json").exists()
     assert not (out / "checkpoint.pt").exists()
     assert data_rows(out) == 0
@@ -573,7 +634,15 @@ def bogus_checkpoints(synthetic_data, tmp_path, real: Trainer) -> dict:
         "a list": ([1, 2, 3], "is not a training checkpoint of this workflow"),
         "a tensor": (torch.zeros(3), "is not a training checkpoint of this workflow"),
         "wrong shapes": (wrong_shapes, "does not fit this model"),
-        "an epoch past the end": (past_the_end, "has epoch 7, outside this run's 0..2"),
+        "an epoch past the end": (past_the_end, "has epoch 7, outside this run's 0..3"),
+        "batches after the last epoch": (
+            {**real.state_dict(), "epoch": 3, "batches_done": 5},
+            "has 5 batches done after the run's last epoch",
+        ),
+        "an older format": (
+            {**real.state_dict(), "fingerprint": "9f86d081884c7d65"},
+            "was written by an older version of this workflow",
+        ),
     }
 
 

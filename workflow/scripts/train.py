@@ -29,12 +29,17 @@ from pathlib import Path
 
 from fmnist.cluster.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
 from fmnist.config import settings
-from fmnist.config.checks import check_run_params, working_memory_mb
+from fmnist.config.checks import check_run_params, stop_grace_seconds, working_memory_mb
 from fmnist.config.stages import stage_count
 from fmnist.console import log, quiet
 from fmnist.data.idx import DataError, IdxFormatError, read_md5_file
 from fmnist.engine.devices import DeviceError, resolve_devices
-from fmnist.engine.launch import EXIT_DIVERGED, launch_stages
+from fmnist.engine.launch import (
+    EXIT_DIVERGED,
+    end_with_launcher,
+    exit_status_text,
+    launch_stages,
+)
 from fmnist.engine.single_process import SingleProcessEngine
 from fmnist.engine.trainer import (
     EXIT_RESUMABLE,
@@ -43,8 +48,8 @@ from fmnist.engine.trainer import (
     configure_determinism,
     train,
 )
-from fmnist.rundir.files import LockedError
-from fmnist.rundir.runfiles import CHECKPOINT_FILE, RunFileError
+from fmnist.rundir.files import NEEDS_SOMEONE, LockedError, WriteError
+from fmnist.rundir.runfiles import CHECKPOINT_FILE, RunFileError, RunFolderState
 
 
 def available_cpus() -> int:
@@ -151,11 +156,16 @@ def main(argv=None) -> int:
             finished = train(params, setup, SingleProcessEngine(devices))
     except PERMANENT as err:
         fail(str(err))
-    except NonFiniteLossError:
-        raise  # the same settings diverge again: exit 1, never requeued
+    except NonFiniteLossError as err:  # the same settings diverge again: never requeued
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     except RuntimeError as err:  # torch.OutOfMemoryError is one too
         if out_of_memory(err):
             fail(out_of_memory_message(err, params))
+        return requeue_or_raise(setup, err)
+    except OSError as err:
+        if lasting := lasting_failure(err):
+            fail(lasting)
         return requeue_or_raise(setup, err)
     except Exception as err:
         return requeue_or_raise(setup, err)
@@ -171,7 +181,7 @@ class StageProcessesFailed(RuntimeError):
 
 def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     """The distributed engine: start the stages' processes and wait for them; True if
-    the run is finished, False if they stopped early (they leave a checkpoint)."""
+    the run is finished, False if they stopped early (with a checkpoint, or saying why not)."""
     stages = stage_count(params)
     script = str(Path(__file__).resolve())
     if not os.environ.get("SLURM_JOB_ID"):  # under SLURM, srun gives each task its GPU
@@ -184,14 +194,40 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
         wants_gpus = torch.cuda.device_count() > 0
     else:
         wants_gpus = any(name.startswith("cuda") for name in params["devices"])
-    status = launch_stages([script, *argv], stages, setup.threads, wants_gpus, setup.tasks_per_node)
+    before = RunFolderState(setup.out_dir)
+    status = launch_stages(
+        [script, *argv],
+        stages,
+        setup.threads,
+        wants_gpus,
+        setup.tasks_per_node,
+        stop_grace_seconds(params),
+    )
+    after = RunFolderState(setup.out_dir)
+    if after.outputs_written_since(before):
+        if status != 0:  # e.g. a stage died at the final barrier: the outputs stand
+            log(
+                f"warning: a stage's process ended with exit status {status} after the run's "
+                "outputs were complete; the run is finished"
+            )
+        (setup.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        return True
     if status == 2:
         fail("a stage's process could not train this run (its error is above)")
     if status == EXIT_DIVERGED:
         raise NonFiniteLossError("a stage's process found a non-finite loss (see above)")
     if status != 0:
-        raise StageProcessesFailed(f"a stage's process failed (exit status {status})")
-    return not (setup.out_dir / CHECKPOINT_FILE).exists()
+        raise StageProcessesFailed(f"a stage's process failed ({exit_status_text(status)})")
+    if not after.checkpoint_saved_since(before):
+        log(
+            "the stage processes stopped early, before they could save a checkpoint: the "
+            + (
+                "next attempt resumes from the previous checkpoint"
+                if after.checkpoint
+                else "next attempt starts the run from the beginning"
+            )
+        )
+    return False
 
 
 def run_stage_process(params: dict, setup: RunSetup) -> int:
@@ -200,6 +236,7 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
     from fmnist.engine.distributed import DistributedEngine, PeerSetupError
     from fmnist.engine.ranks import RankEnvironment, start_process_group, stop_process_group
 
+    end_with_launcher()
     try:
         env = RankEnvironment.from_environment()
         if env.rank != 0:
@@ -220,7 +257,22 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
             raise
         print(f"error: {out_of_memory_message(err, params)}", file=sys.stderr, flush=True)
         return 2
+    except OSError as err:
+        if not (lasting := lasting_failure(err)):
+            raise
+        print(f"error: {lasting}", file=sys.stderr, flush=True)
+        return 2
     return 0
+
+
+def lasting_failure(err: OSError) -> str | None:
+    """What a file error that stays until someone acts (a full disk, a read-only folder, a
+    folder in a file's place) is about; None for one that running again may not meet."""
+    if isinstance(err, WriteError):
+        return str(err) if err.permanent else None
+    if err.errno in NEEDS_SOMEONE and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"
+    return None
 
 
 def requeue_or_raise(setup: RunSetup, err: Exception) -> int:
@@ -230,6 +282,9 @@ def requeue_or_raise(setup: RunSetup, err: Exception) -> int:
     if requeue_after_failure(setup.out_dir, setup.failure_requeues, why):
         traceback.print_exception(err)
         return 0
+    if isinstance(err, StageProcessesFailed):  # the stage's own log above says more
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     raise err
 
 

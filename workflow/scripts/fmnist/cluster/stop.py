@@ -14,11 +14,12 @@ import time
 from fmnist.cluster.slurm import slurm_end_time
 from fmnist.console import log
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGURG)
+# SIGHUP: a closed terminal or ssh session, and what torchrun passes on when it gets one.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGURG)
 
 
 class StopRequests:
-    """Whether the run has been asked to stop: a SIGTERM/SIGINT, or the SLURM deadline near.
+    """Whether the run has been asked to stop: a SIGTERM/SIGINT/SIGHUP, or the SLURM deadline near.
 
     The deadline comes from squeue. SLURM's warning signal (SIGURG, `--signal=URG@N`)
     can arrive up to ~60 s before it is due, so while the end time is known it only
@@ -32,7 +33,7 @@ class StopRequests:
         self.deadline = None
         self.recheck = False
         # Without the deadline (stage processes but rank 0's), SIGURG is left ignored.
-        signals = STOP_SIGNALS if watch_deadline else (signal.SIGTERM, signal.SIGINT)
+        signals = STOP_SIGNALS if watch_deadline else STOP_SIGNALS[:-1]
         self.previous = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         if watch_deadline:
             self._read_deadline(first=True)

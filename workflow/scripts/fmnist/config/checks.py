@@ -6,6 +6,7 @@ common.smk turns it into Snakemake's error before any job, train.py into exit 2.
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.parse
 import urllib.request
@@ -97,6 +98,30 @@ def working_memory_mb(params: dict) -> float:
         IMAGE_SIDE * IMAGE_SIDE + 2 * sum(params["hidden_sizes"]) + 2 * NUM_CLASSES
     )
     return 4 * 4 * (weights + activations) / 2**20
+
+
+SLOW_WRITE_MB_PER_S = 20
+"""What a checkpoint's writing is planned at: a busy shared file system (local disks write
+ten times as fast)."""
+
+
+def stop_grace_seconds(params: dict) -> int:
+    """How long a run's processes may need from a stop signal to their end: the step in
+    progress and the start of the save (30 s), then a checkpoint of the weights and Adam's
+    two moments (float32) written at SLOW_WRITE_MB_PER_S, counted twice."""
+    weights = sum((i + 1) * o for i, o in layer_shapes(params))
+    return 30 + math.ceil(2 * 3 * 4 * weights / 1e6 / SLOW_WRITE_MB_PER_S)
+
+
+def check_stop_margin(params: dict, signal_seconds: float, run: str) -> None:
+    """Refuse a SLURM margin too short to save this run's checkpoint before the limit."""
+    needed = stop_grace_seconds(params)
+    if signal_seconds < needed:
+        raise SettingError(
+            f"run {run}: resources.train_model_parallel.signal_seconds ({signal_seconds}) is "
+            f"too short to save its checkpoint before the time limit (planned {needed} s for "
+            f"train.hidden_sizes {params['hidden_sizes']}); raise it to at least {needed}"
+        )
 
 
 def check_memory(params: dict, mem_mb: int, run: str) -> None:

@@ -9,6 +9,7 @@ from fmnist.config.checks import (
     check_data_dir,
     check_memory,
     check_run_params,
+    check_stop_margin,
     check_sweep,
     check_time_limit,
     check_values,
@@ -40,13 +41,14 @@ def build_runs(train: dict, sweep: dict) -> dict[str, dict]:
 
 def configured_runs(config: dict) -> dict[str, dict]:
     """The runs of a configuration the schema has validated, after every check no schema
-    entry can state (values, the data folder, each run's settings and memory, the time
-    limit); SettingError names the key."""
+    entry can state (values, the data folder, each run's settings, memory and stop margin,
+    the time limit); SettingError names the key."""
     check_values(config)
     check_data_dir(config["data"])
     resources = config["resources"]["train_model_parallel"]
     runs = build_runs(config["train"], config["sweep"])
     for name, params in runs.items():
         check_memory(params, resources["mem_mb"], name)
+        check_stop_margin(params, resources["signal_seconds"], name)
     check_time_limit(resources)
     return runs

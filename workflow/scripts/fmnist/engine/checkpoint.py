@@ -42,8 +42,9 @@ def cpu_state(state):
 
 def fingerprint(
     params: dict, devices: list[torch.device], data_md5: dict, ranks: list[dict] | None = None
-) -> str:
-    """What a checkpoint must match to be resumed exactly.
+) -> dict:
+    """What a checkpoint must match to be resumed exactly (saved in it, so that a mismatch
+    can be named).
 
     Anything that changes the numbers: settings, data, the code, the devices and
     what they are (a retried job may land on another node type), the kernels' library
@@ -64,7 +65,22 @@ def fingerprint(
     if ranks is not None:
         key["device_names"] = [r["device_name"] for r in ranks]
         key["cpu_capability"] = [r["cpu_capability"] for r in ranks]
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    # Through JSON: what torch.load(weights_only=True) gives back is what is compared.
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
+def differences(saved: dict, expected: dict, prefix: str = "") -> list[str]:
+    """Each setting where ``saved`` differs from ``expected``, as 'key: saved (now: x)'."""
+    found = []
+    for key in sorted(set(saved) | set(expected)):
+        old, new = saved.get(key), expected.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            if key == "code":
+                old, new = old[:12] if old else old, new[:12] if new else new
+            found.append(f"{prefix}{key}: {old!r} (now {new!r})")
+    return found
 
 
 STATE_KEYS = {
@@ -93,7 +109,7 @@ def set_aside(path: Path, why: str) -> None:
     log(f"checkpoint {path} {why}; moved it aside to {aside} and starting from scratch")
 
 
-def load_checkpoint(path: Path, expected_fingerprint: str):
+def load_checkpoint(path: Path, expected_fingerprint: dict):
     """The state saved at ``path`` if it is a checkpoint of these settings, else None."""
     if not path.exists():
         return None
@@ -105,8 +121,13 @@ def load_checkpoint(path: Path, expected_fingerprint: str):
     if not isinstance(state, dict) or set(state) != STATE_KEYS:
         set_aside(path, "is not a training checkpoint of this workflow")
         return None
-    if state["fingerprint"] != expected_fingerprint:
-        log(f"checkpoint {path} belongs to other settings or data; starting from scratch")
+    saved = state["fingerprint"]
+    if not isinstance(saved, dict):
+        set_aside(path, "was written by an older version of this workflow")
+        return None
+    if saved != expected_fingerprint:
+        named = "; ".join(differences(saved, expected_fingerprint))
+        set_aside(path, f"belongs to other settings or data ({named})")
         return None
     return state
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def run_with_srun(argv: list[str], stages: int, threads: int, gpus: bool, per_no
     return worst_exit_status([subprocess.run(command, env=env, check=False).returncode])
 
 
-def run_with_torchrun(argv: list[str], stages: int) -> int:
+def run_with_torchrun(argv: list[str], stages: int, grace_seconds: int) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -78,6 +79,9 @@ def run_with_torchrun(argv: list[str], stages: int) -> int:
         rdzv_endpoint="127.0.0.1:0",
         max_restarts=0,  # a failed stage ends the attempt; the next one resumes
         monitor_interval=0.2,
+        # From a stop signal to the stages' end: what saving their checkpoint needs
+        # (torch's 30 s cut off the checkpoints of large models).
+        shutdown_timeout=grace_seconds,
     )
     log(f"starting {stages} stage processes with torchrun on this machine")
     try:
@@ -92,17 +96,55 @@ def run_with_torchrun(argv: list[str], stages: int) -> int:
 
 
 def worst_exit_status(codes: list[int]) -> int:
-    """The status that says most: a permanent failure (2), a divergence, another failure;
-    a process killed by a signal (negative) counts as an unexpected failure (1)."""
+    """The status that says most: a permanent failure (2), a divergence, another failure
+    (negative: killed by that signal)."""
     for status in (2, EXIT_DIVERGED):
         if status in codes:
             return status
-    return 1 if any(code != 0 for code in codes) else 0
+    return next((code for code in codes if code != 0), 0)
 
 
-def launch_stages(argv: list[str], stages: int, threads: int, gpus: bool, per_node) -> int:
-    """Run ``train.py argv --as-rank`` once per stage; the worst exit status."""
+def exit_status_text(status: int) -> str:
+    """'exit status 1', or 'killed by SIGKILL' for a process a signal ended."""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def launch_stages(
+    argv: list[str], stages: int, threads: int, gpus: bool, per_node, grace_seconds: int
+) -> int:
+    """Run ``train.py argv --as-rank`` once per stage; the worst exit status. Under SLURM
+    the stages stop on their own before the time limit (signal_seconds covers their
+    checkpoint); locally they get ``grace_seconds`` from a stop signal to their end."""
     argv = [*argv, "--as-rank"]
     if os.environ.get("SLURM_JOB_ID"):
         return run_with_srun(argv, stages, threads, gpus, per_node)
-    return run_with_torchrun(argv, stages)
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the stages inherit it
+    return run_with_torchrun(argv, stages, grace_seconds)
+
+
+LAUNCHER_PID = "FMNIST_LAUNCHER_PID"
+"""Set for stage processes whose parent is their launcher (torchrun's, not srun's)."""
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def end_with_launcher() -> None:
+    """Have the kernel send this stage process SIGTERM when its launcher dies (torchrun
+    starts each stage in its own session, so nothing else would: the orphans kept the run
+    folder's lock and wrote into a folder Snakemake had cleared). SIGTERM: the stages stop
+    together and keep their checkpoint. Linux only; elsewhere nothing changes."""
+    launcher_pid = os.environ.get(LAUNCHER_PID)
+    if not launcher_pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher_pid):  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -288,11 +288,14 @@ def configure_determinism(threads: int) -> None:
 
 def position_error(trainer: Trainer, state: dict) -> str | None:
     """Why ``state`` cannot be a position of this run (None if it can)."""
-    epoch, done = state["epoch"], state["batches_done"]
-    if not (isinstance(epoch, int) and 0 <= epoch < trainer.params["epochs"]):
-        return f"has epoch {epoch!r}, outside this run's 0..{trainer.params['epochs'] - 1}"
+    epoch, done, epochs = state["epoch"], state["batches_done"], trainer.params["epochs"]
+    # Epoch == epochs: the checkpoint saved after the last epoch, before the outputs.
+    if not (isinstance(epoch, int) and 0 <= epoch <= epochs):
+        return f"has epoch {epoch!r}, outside this run's 0..{epochs}"
     if not (isinstance(done, int) and 0 <= done <= trainer.num_batches):
         return f"has {done!r} batches done, outside 0..{trainer.num_batches}"
+    if epoch == epochs and done:
+        return f"has {done!r} batches done after the run's last epoch"
     if not isinstance(state["history"], list) or len(state["history"]) != epoch:
         return f"holds {len(state['history'])} epochs of history for epoch {epoch}"
     order, losses = state["order"], state["batch_losses"]
@@ -333,9 +336,14 @@ def resume(trainer: Trainer) -> bool:
             set_aside(trainer.checkpoint_path, f"does not fit this model ({why})")
         return False
     if mine is not None:
-        position = f"epoch {trainer.epoch + 1}, batch {trainer.batches_done + 1}"
-        log(f"resuming from {trainer.checkpoint_path}: {position}")
+        log(f"resuming from {trainer.checkpoint_path}: {position_text(trainer)}")
     return True
+
+
+def position_text(trainer: Trainer) -> str:
+    if trainer.epoch == trainer.params["epochs"]:
+        return f"all {trainer.epoch} epochs done; writing the outputs"
+    return f"epoch {trainer.epoch + 1}, batch {trainer.batches_done + 1}"
 
 
 def train_attempt(trainer: Trainer, stop: StopRequests, attempt: dict, table) -> bool:
@@ -403,7 +411,9 @@ def train(params: dict, setup: RunSetup, engine) -> bool:
             finished = train_attempt(trainer, stop, attempt, table)
         if finished:
             trainer.write_outputs()
-            if engine.leads:
-                trainer.checkpoint_path.unlink(missing_ok=True)
         engine.finish()
+        # Only once every process has confirmed: until then the outputs may not be
+        # complete, and the checkpoint saved after the last epoch is what writes them again.
+        if finished and engine.leads:
+            trainer.checkpoint_path.unlink(missing_ok=True)
     return finished

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,16 +29,88 @@ def atomic_write(
     """
     path = Path(path)
     tmp = temp_name(path)
+    handle = None
     try:
-        with open(tmp, "wb") as handle:
+        with open(tmp, "wb") as raw:
+            handle = FirstErrorWriter(raw)
             write(handle)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.is_file() else 0
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            tmp.unlink(missing_ok=True)
+        cause = handle.error if handle is not None and handle.error else err
+        if isinstance(cause, OSError) and not isinstance(cause, WriteError):
+            raise WriteError(path, cause, written) from err
         raise
+
+
+class FirstErrorWriter:
+    """A binary file that remembers the first OSError of its writes: torch.save's archive
+    writer turns a full disk into "unexpected pos" and loses the cause."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+NEEDS_SOMEONE = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+}
+"""Write failures that stay until someone frees space, changes permissions or moves a file."""
+
+
+class WriteError(OSError):
+    """A file could not be written where it goes (a full disk or quota, a read-only file
+    system, a folder in its place): running again does not help until someone acts, and
+    the message says what on."""
+
+    def __init__(self, path: Path, cause: OSError, written: int = 0):
+        super().__init__(cause.errno, cause.strerror, str(path))
+        self.path, self.cause = path, cause
+        self.message = f"cannot write {path}: {cause.strerror or cause}"
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = free_mb(path.parent)
+            self.message += (
+                f" after {written / 1e6:,.1f} MB of it ({free:,.0f} MB free there): make "
+                "room, then run again"
+            )
+        elif cause.errno == errno.EFBIG:
+            self.message += f" after {written / 1e6:,.1f} MB of it (see ulimit -f)"
+
+    @property
+    def permanent(self) -> bool:
+        """Whether running again, unchanged, fails again (not so for an I/O hiccup)."""
+        return self.cause.errno in NEEDS_SOMEONE
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def free_mb(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 1e6
+    except OSError:
+        return float("nan")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:

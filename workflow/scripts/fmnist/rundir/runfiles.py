@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jsonschema
 
-from fmnist.rundir.files import atomic_write_text
+from fmnist.rundir.files import WriteError, atomic_write_text
 from fmnist.schemas import load_schema
 
 EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE = (
@@ -104,12 +104,14 @@ class EpochTable:
         return ",".join(map(format_cell, row.values())) + "\n"
 
     def append(self, row: dict) -> None:
-        if not self.has_header:
-            self.has_header = True
-            self.handle.write(self._header(row))
-        self.handle.write(self._line(row))
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        text = "" if self.has_header else self._header(row)
+        try:
+            self.handle.write(text + self._line(row))
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as err:
+            raise WriteError(self.path, err) from err
+        self.has_header = True
 
     def check(self, history: list[dict]) -> None:
         """The file as read back holds exactly ``history``, each epoch once, under its
@@ -263,3 +265,33 @@ def read_run_dir(folder: str | os.PathLike) -> Run:
     run = Run(record["run_id"], folder, record["params"], epochs, record)
     check_complete(run)
     return run
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime): files are written under another name and renamed into place, so a
+    file written again has another identity."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+class RunFolderState:
+    """The outputs and checkpoint a run folder holds at one moment: compared before and
+    after an attempt by other processes, it says what that attempt wrote."""
+
+    def __init__(self, folder: Path):
+        self.record = file_identity(folder / RECORD_FILE)
+        self.model = file_identity(folder / MODEL_FILE)
+        self.checkpoint = file_identity(folder / CHECKPOINT_FILE)
+
+    def outputs_written_since(self, before: RunFolderState) -> bool:
+        """run.json is written last, once the rest is complete: a new one means finished."""
+        return None not in (self.record, self.model) and self.record != before.record
+
+    def checkpoint_saved_since(self, before: RunFolderState) -> bool:
+        return self.checkpoint is not None and self.checkpoint != before.checkpoint
