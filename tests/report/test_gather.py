@@ -78,8 +78,8 @@ def test_cli_end_to_end_without_torch(tmp_path):
 def test_skip_bad_lines_cli(tmp_path):
     log = write_tutorial_log(
         tmp_path / "bad.log",
-        "Epoch [1/10], Loss: 0.6\nEpoch [2/1\nEpoch [2/10], Loss: 0.5\n"
-        "Epoch [x/10], Loss: abc\nEpoch [3/10], Loss: 0.4\nTraining finished.\n",
+        "Epoch [1/3], Loss: 0.6\nEpoch [2/1\nEpoch [2/3], Loss: 0.5\n"
+        "Epoch [x/3], Loss: abc\nEpoch [3/3], Loss: 0.4\nTraining finished.\n",
     )
     failed = run_cli("--out", tmp_path / "out", log)
     assert failed.returncode == 1
@@ -108,6 +108,51 @@ def test_broken_run_folder_is_an_error_message(tmp_path):
     assert result.returncode == 1
     assert f"{folder / 'run.json'}: key (top level): " in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_still_training_is_skipped_with_skip_incomplete(tmp_path):
+    """The README's `gather.py results/runs/*` while a run is still training."""
+    write_three_seeds(tmp_path)
+    training = write_run(tmp_path / "runs", "lr=0.001_seed=9", three_epochs(0.9)[:2], seed=9)
+    (training / "run.json").unlink()
+    (training / "checkpoint.pt").write_bytes(b"")
+    runs = sorted((tmp_path / "runs").iterdir())
+    failed = run_cli("--out", tmp_path / "out", *runs)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith(f"gather.py: error: {training / 'run.json'}: missing: ")
+    assert failed.stderr.endswith("(--skip-incomplete leaves it out)\n")
+    assert not (tmp_path / "out").exists()
+
+    ok = run_cli("--out", tmp_path / "out", "--skip-incomplete", *runs)
+    assert ok.returncode == 0, ok.stderr
+    assert f"gather: left out an incomplete run: {training / 'run.json'}: missing: " in ok.stderr
+    assert f"run folder {training} has not finished training" in ok.stderr
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["run_id"].tolist() == [
+        f"lr=0.001_seed={s}" for s in range(3)
+    ]
+
+
+def test_an_accuracy_above_1_is_refused_before_any_table(tmp_path):
+    """A final accuracy of 5.0 once showed as 500.00 % in summary.md."""
+    runs = write_three_seeds(tmp_path)
+    bad = write_run(tmp_path / "runs", "lr=0.001_seed=9", three_epochs(5.0), seed=9)
+    result = run_cli("--out", tmp_path / "out", "--skip-incomplete", *runs, bad)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"gather.py: error: {bad / 'epochs.csv'}:2: column test_accuracy: 4.9 is greater "
+        "than the maximum of 1\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_loss_in_a_tutorial_log_is_refused(tmp_path):
+    log = write_tutorial_log(
+        tmp_path / "nan.log", "Epoch [1/2], Loss: 0.6\nEpoch [2/2], Loss: nan\n"
+    )
+    result = run_cli("--out", tmp_path / "out", "--skip-bad-lines", "--skip-incomplete", log)
+    assert result.returncode == 1
+    assert result.stderr == f"gather.py: error: {log}:2: loss: 'nan' is not a finite number\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from fmnist.report import gathering
 from fmnist.rundir import files
-from fmnist.rundir.runfiles import RunFileError
+from fmnist.rundir.runfiles import LOCK_FILE, IncompleteRunError, RunFileError
 from helpers import RUN_HEADER, three_epochs, write_run, write_three_seeds, write_tutorial_log
 
 
@@ -25,13 +25,13 @@ def test_no_output_folder_writes_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["runs"]
 
 
-def test_epochs_not_increasing(tmp_path):
+def test_epochs_not_1_to_n(tmp_path):
     rows = three_epochs(0.8)
     folder = write_run(tmp_path, "r", [rows[0], rows[2], rows[1]])
-    with pytest.raises(RunFileError, match=r"epochs\.csv:4: epoch numbers not increasing"):
+    with pytest.raises(RunFileError, match=r"epochs\.csv:3: column epoch: 3 where epoch 2 belongs"):
         gathering.gather_runs([folder], None)
     (folder / "epochs.csv").write_text(RUN_HEADER + "\n1.5,0.5,0.6,0.7,1,1\n")
-    with pytest.raises(RunFileError, match=r"epochs\.csv:2: epoch 1.5 is not an integer"):
+    with pytest.raises(RunFileError, match=r"epochs\.csv:2: column epoch: '1.5' is not an integer"):
         gathering.gather_runs([folder], None)
 
 
@@ -44,7 +44,7 @@ def test_malformed_log_writes_nothing(tmp_path):
 
 def test_skipped_lines_are_reported(tmp_path, capsys):
     log = write_tutorial_log(
-        tmp_path / "bad.log", "Epoch [1/10], Loss: 0.6\nEpoch [2/1\nEpoch [2/10], Loss: 0.5\n"
+        tmp_path / "bad.log", "Epoch [1/2], Loss: 0.6\nEpoch [2/1\nEpoch [2/2], Loss: 0.5\n"
     )
     gathering.gather_runs([log], None, skip_bad_lines=True)
     err = capsys.readouterr().err
@@ -111,7 +111,7 @@ def test_truncated_or_bad_csv(tmp_path):
     with pytest.raises(RunFileError, match=r"epochs\.csv:4: expected 6 values"):
         gathering.gather_runs([folder], None)
     (folder / "epochs.csv").write_text(RUN_HEADER + "\n1,0.5,0.6,oops,1,1\n")
-    with pytest.raises(RunFileError, match=r"epochs\.csv:2: test_accuracy"):
+    with pytest.raises(RunFileError, match=r"epochs\.csv:2: column test_accuracy: 'oops' is not"):
         gathering.gather_runs([folder], None)
     (folder / "epochs.csv").write_text(RUN_HEADER + "\n")
     with pytest.raises(RunFileError, match="no epochs"):
@@ -151,31 +151,39 @@ def test_atomic_write_failure_leaves_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["t.csv"]
 
 
+def test_an_incomplete_run_is_an_error_naming_it(tmp_path):
+    runs = write_three_seeds(tmp_path)
+    bad = write_run(tmp_path / "runs", "lr=0.001_seed=9", three_epochs(0.8)[:2], seed=9)
+    with pytest.raises(IncompleteRunError) as caught:
+        gathering.gather_runs([*runs, bad], tmp_path / "out")
+    assert str(caught.value) == (
+        f"run lr=0.001_seed=9 ({bad / 'epochs.csv'}) holds epochs 1..2, but run.json "
+        "promises epochs 1..3"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
-    ("rows", "message"),
+    ("final_row", "why"),
     [
+        ((3, 0.3, "", 0.8, 4.0, 1200.0), "column test_loss: '' is not a finite number"),
+        ((3, "nan", 0.4, 0.8, 4.0, 1200.0), "column train_loss: 'nan' is not a finite number"),
         (
-            three_epochs(0.8)[:2],
-            r"holds epochs 1\.\.2 \(2 rows\), but run\.json promises epochs 1\.\.3",
-        ),
-        (
-            [*three_epochs(0.8)[:2], (3, 0.3, "", 0.8, 4.0, 1200.0)],
-            r"the final epoch's test_loss is not finite",
-        ),
-        (
-            [*three_epochs(0.8)[:2], (3, "nan", 0.4, "nan", 4.0, 1200.0)],
-            r"the final epoch's train_loss, test_accuracy is not finite",
+            (3, 0.3, 0.4, 5.0, 4.0, 1200.0),
+            "column test_accuracy: 5.0 is greater than the maximum of 1",
         ),
     ],
-    ids=["stops-early", "empty-final-cell", "nan-final-row"],
+    ids=["empty-final-cell", "nan-final-row", "accuracy-5"],
 )
-def test_an_incomplete_run_is_an_error_naming_it(tmp_path, rows, message):
+def test_a_broken_final_row_is_no_incomplete_run_to_skip(tmp_path, final_row, why):
+    """Training writes every cell, finite and in range: a row that is not is broken, and
+    --skip-incomplete does not hide it."""
     runs = write_three_seeds(tmp_path)
-    bad = write_run(tmp_path / "runs", "lr=0.001_seed=9", rows, seed=9)
-    with pytest.raises(RunFileError, match=rf"^run lr=0\.001_seed=9 \({bad / 'epochs.csv'}\)"):
-        gathering.gather_runs([*runs, bad], tmp_path / "out")
-    with pytest.raises(RunFileError, match=message):
-        gathering.gather_runs([*runs, bad], tmp_path / "out")
+    bad = write_run(tmp_path / "runs", "r9", [*three_epochs(0.8)[:2], final_row], seed=9)
+    with pytest.raises(RunFileError) as caught:
+        gathering.gather_runs([*runs, bad], tmp_path / "out", skip_incomplete=True)
+    assert str(caught.value) == f"{bad / 'epochs.csv'}:4: {why}"
+    assert not isinstance(caught.value, IncompleteRunError)
     assert not (tmp_path / "out").exists()
 
 
@@ -198,3 +206,34 @@ def test_out_naming_a_file_is_an_error(tmp_path):
     with pytest.raises(RunFileError, match=rf"--out {target}: not a folder"):
         gathering.gather_runs(runs, target)
     assert target.read_text() == "not a folder"
+
+
+def test_skip_incomplete_leaves_out_a_folder_still_training(tmp_path, capsys):
+    """results/runs/* while a run trains: its folder has epochs.csv and the lock, no run.json."""
+    write_three_seeds(tmp_path)
+    training = write_run(tmp_path / "runs", "lr=0.001_seed=9", three_epochs(0.9)[:1], seed=9)
+    (training / "run.json").unlink()
+    (training / LOCK_FILE).write_text("pid 123 on node1\n")
+    paths = sorted((tmp_path / "runs").iterdir())
+    with pytest.raises(IncompleteRunError, match=rf"^{training / 'run.json'}: missing: "):
+        gathering.gather_runs(paths, tmp_path / "out")
+    tables = gathering.gather_runs(paths, tmp_path / "out", skip_incomplete=True)
+    assert list(tables.runs["run_id"]) == [f"lr=0.001_seed={s}" for s in range(3)]
+    assert (
+        f"gather: left out an incomplete run: {training / 'run.json'}: missing: run folder "
+        f"{training} has not finished training (still training, stopped or failed: it holds "
+        f"epochs.csv, {LOCK_FILE})\n"
+    ) in capsys.readouterr().err
+    assert "Left out: 1 incomplete run(s)" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_skip_incomplete_leaves_out_a_tutorial_log_short_of_epochs(tmp_path, capsys):
+    short = write_tutorial_log(tmp_path / "short.log", "Epoch [1/10], Loss: 0.6\n")
+    whole = write_tutorial_log(tmp_path / "whole.log")
+    with pytest.raises(IncompleteRunError, match="10-epoch run without epoch.s. 2..10$"):
+        gathering.gather_runs([whole, short], None)
+    tables = gathering.gather_runs([whole, short], None, skip_incomplete=True)
+    assert list(tables.runs["run_id"]) == ["whole"]
+    assert f"left out an incomplete run: {short}: tutorial log of a 10-epoch" in (
+        capsys.readouterr().err
+    )

@@ -8,8 +8,10 @@ Writes into ``--out DIR``: epochs.csv, runs.csv, summary.csv (one row per config
 mean, sample std and 95 % CI over seeds, compute totals), summary.md, summary.tex,
 provenance.csv, compute.csv (one row per attempt: wall time, queue wait, allocated GPUs,
 CPUs and memory, GPU-hours, CPU-hours, MaxRSS, energy) and the compute statement
-compute.md and compute.tex. An invalid input is an error naming the file, and nothing is
-written.
+compute.md and compute.tex. An invalid input is an error naming the file (and line and
+column), and nothing is written. A run folder still training (no run.json yet) or short of
+its epochs, and a tutorial log without some of its epochs, is incomplete: an error, or left
+out and said so with --skip-incomplete.
 
 Compute comes from ``sacct`` for runs that were SLURM jobs (``--sacct auto``: asked on
 this machine, e.g. the login node; or a file holding ``sacct -D --parsable2`` output),
@@ -28,7 +30,7 @@ import sys
 
 from fmnist.cluster.sacct import FIELDS
 from fmnist.report.gathering import gather_runs
-from fmnist.rundir.runfiles import RunFileError
+from fmnist.rundir.runfiles import IncompleteRunError, RunFileError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-incomplete",
         action="store_true",
-        help="leave out run folders that do not hold their finished run (said on stderr and "
+        help="leave out run folders that are still training (no run.json yet) or do not hold "
+        "their finished run, and tutorial logs without some of their epochs (said on stderr and "
         "under the summary tables) instead of failing",
     )
     parser.add_argument(
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
             benchmark_dir=args.benchmarks,
         )
     except RunFileError as err:
-        print(f"gather.py: error: {err}", file=sys.stderr)
+        hint = " (--skip-incomplete leaves it out)" if isinstance(err, IncompleteRunError) else ""
+        print(f"gather.py: error: {err}{hint}", file=sys.stderr)
         return 1
     return 0
 

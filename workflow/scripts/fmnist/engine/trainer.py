@@ -36,7 +36,7 @@ from fmnist.rundir.files import LockedError, atomic_write, exclusive_lock, remov
 
 EVAL_CHUNK = 1000
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
-LOCK_FILE = ".train.lock"  # one training process per run folder
+LOCK_FILE = runfiles.LOCK_FILE  # one training process per run folder
 SETUP_FAILURES = (LockedError, DataError, IdxFormatError, DeviceError, runfiles.RunFileError)
 """What running again cannot fix: every process of a run fails alike (fmnist.engine's peers)."""
 

@@ -45,8 +45,9 @@ def load_run(path: str | os.PathLike, skip_bad_lines: bool = False) -> Run:
 def load_runs(paths, skip_bad_lines: bool = False, skipped: list | None = None) -> list[Run]:
     """Read every path, in order; run ids must be unique (they key every table).
 
-    An incomplete run folder is an error, unless ``skipped`` is a list: then it is left out
-    and its error appended there.
+    An incomplete run (a run folder that has not finished training or holds fewer epochs
+    than run.json promises, a tutorial log without some of its epochs) is an error, unless
+    ``skipped`` is a list: then it is left out and its error appended there.
     """
     runs, seen = [], {}
     for path in paths:

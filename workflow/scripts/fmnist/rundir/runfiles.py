@@ -15,6 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -22,13 +23,16 @@ import jsonschema
 from fmnist.rundir.files import WriteError, atomic_write_text
 from fmnist.schemas import load_schema
 
-EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE = (
+EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE, LOCK_FILE = (
     "epochs.csv",
     "run.json",
     "model.pt",
     "checkpoint.pt",
     "timeline.csv",
+    ".train.lock",  # one training process per run folder
 )
+IN_PROGRESS_FILES = (EPOCHS_FILE, CHECKPOINT_FILE, LOCK_FILE)
+"""What a run folder holds from the start of training on; run.json comes only at its end."""
 
 
 class RunFileError(Exception):
@@ -39,16 +43,25 @@ EPOCH_COLUMNS = list(load_schema("epochs")["properties"])
 """The columns every epochs.csv written by training has, in order."""
 
 
+def column_schema(column: str) -> dict | None:
+    """epochs.schema.yaml's entry for an epochs.csv column (None: not a column of the format)."""
+    schema = load_schema("epochs")
+    if column in schema["properties"]:
+        return schema["properties"][column]
+    return next(
+        (
+            entry
+            for pattern, entry in schema["patternProperties"].items()
+            if re.fullmatch(pattern.strip("^$"), column)
+        ),
+        None,
+    )
+
+
 def is_measurement(column: str) -> bool:
     """Whether an epochs.csv column is a reading of the machine (a time, a peak memory),
     not meant to repeat: what epochs.schema.yaml marks x-measurement."""
-    schema = load_schema("epochs")
-    if column in schema["properties"]:
-        return bool(schema["properties"][column].get("x-measurement"))
-    return any(
-        entry.get("x-measurement") and re.fullmatch(pattern.strip("^$"), column)
-        for pattern, entry in schema["patternProperties"].items()
-    )
+    return bool((column_schema(column) or {}).get("x-measurement"))
 
 
 def _key(path) -> str:
@@ -150,41 +163,67 @@ class Run:
     skipped_lines: list[int] = field(default_factory=list)
 
 
-def check_epochs_increasing(epochs: list[int], where, line_numbers: list[int]) -> None:
-    for i in range(1, len(epochs)):
-        if not epochs[i] > epochs[i - 1]:
-            raise RunFileError(
-                f"{where}:{line_numbers[i]}: epoch numbers not increasing "
-                f"(epoch {epochs[i]} after epoch {epochs[i - 1]})"
-            )
-
-
 def _check_header(header: list[str], path: Path) -> None:
-    missing = [c for c in ("epoch", "train_loss") if c not in header]
-    if missing:
-        raise RunFileError(f"{path}: missing column(s) {', '.join(missing)}")
-    if len(set(header)) != len(header):
-        raise RunFileError(f"{path}: duplicate column names")
+    """The columns of the format (epochs.schema.yaml): every required one, each once, no other."""
+    problems = {
+        "missing": [c for c in load_schema("epochs")["required"] if c not in header],
+        "unknown": [c for c in header if column_schema(c) is None],
+        "repeated": sorted({c for c in header if header.count(c) > 1}),
+    }
+    said = [
+        f"{what} column(s) {', '.join(map(repr, names))}"
+        for what, names in problems.items()
+        if names
+    ]
+    if said:
+        raise RunFileError(
+            f"{path}:1: {'; '.join(said)} (the columns are those of "
+            "workflow/schemas/epochs.schema.yaml)"
+        )
 
 
-def _parse_rows(rows: list[list[str]], header: list[str], path: Path):
-    """The cells as floats (an empty cell is NaN), and each row's 1-based line number."""
+@cache
+def _column_validator(column: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(column_schema(column))
+
+
+def parse_cell(text: str, column: str, where: str) -> int | float:
+    """A cell of an epochs.csv ``column``, of the type and within the bounds its schema entry
+    states; ``where`` (file, line, column) starts the error. NaN and infinity are refused:
+    JSON, the schema's language, has neither, and training stops on a non-finite loss."""
+    integer = column_schema(column).get("type") == "integer"
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RunFileError(
+            f"{where}: {text!r} is not {'an integer' if integer else 'a finite number'}"
+        )
+    error = next(_column_validator(column).iter_errors(value), None)
+    if error is not None:
+        raise RunFileError(f"{where}: {error.message}")
+    return value
+
+
+def _parse_rows(rows: list[list[str]], header: list[str], path: Path) -> dict[str, list]:
+    """The cells by column, each checked against the schema; the k-th row must be epoch k."""
     columns: dict[str, list] = {h: [] for h in header}
-    targets = [columns[h] for h in header]
-    line_numbers = []
     for lineno, row in enumerate(rows, start=2):
         if not row:
             continue
-        line_numbers.append(lineno)
         if len(row) != len(header):
             raise RunFileError(f"{path}:{lineno}: expected {len(header)} values, got {len(row)}")
-        for name, target, cell in zip(header, targets, row):
-            cell = cell.strip()
-            try:
-                target.append(float(cell) if cell else math.nan)
-            except ValueError:
-                raise RunFileError(f"{path}:{lineno}: {name} is not a number: {cell!r}") from None
-    return columns, line_numbers
+        for name, cell in zip(header, row):
+            where = f"{path}:{lineno}: column {name}"
+            columns[name].append(parse_cell(cell.strip(), name, where))
+        epoch, expected = columns["epoch"][-1], len(columns["epoch"])
+        if epoch != expected:
+            raise RunFileError(
+                f"{path}:{lineno}: column epoch: {epoch} where epoch {expected} belongs "
+                "(one row per epoch, from 1, in order)"
+            )
+    return columns
 
 
 def read_csv_rows(path, error: type[Exception] | None = None) -> list[list[str]]:
@@ -202,19 +241,15 @@ def read_csv_rows(path, error: type[Exception] | None = None) -> list[list[str]]
 
 
 def read_epochs(path: Path) -> dict[str, list]:
-    """The columns of an epochs.csv (every metric of the format, NaN where absent)."""
+    """The columns of an epochs.csv, every cell checked against epochs.schema.yaml (an
+    error names the file, line and column); the format's columns first."""
     rows = read_csv_rows(path)
     header = [h.strip() for h in rows[0]]
     _check_header(header, path)
-    columns, line_numbers = _parse_rows(rows[1:], header, path)
-    if not line_numbers:
+    columns = _parse_rows(rows[1:], header, path)
+    n = len(columns["epoch"])
+    if not n:
         raise RunFileError(f"{path}: no epochs")
-    for lineno, epoch in zip(line_numbers, columns["epoch"]):
-        if not (math.isfinite(epoch) and epoch == int(epoch)):
-            raise RunFileError(f"{path}:{lineno}: epoch {epoch} is not an integer")
-    columns["epoch"] = [int(e) for e in columns["epoch"]]
-    check_epochs_increasing(columns["epoch"], path, line_numbers)
-    n = len(line_numbers)
     ordered = {name: columns.get(name, [math.nan] * n) for name in EPOCH_COLUMNS}
     ordered.update(columns)
     return ordered
@@ -232,31 +267,38 @@ def read_record(path: Path) -> dict:
 
 
 class IncompleteRunError(RunFileError):
-    """A run folder whose files are well-formed but do not hold the finished run."""
-
-
-FINAL_METRICS = ["train_loss", "test_loss", "test_accuracy"]
+    """A run folder or log whose files are well-formed but do not hold the finished run."""
 
 
 def check_complete(run: Run) -> None:
-    """Every epoch run.json promises, once and in order, and a finite final row."""
-    promised = list(range(1, run.params["epochs"] + 1))
-    epochs = run.epochs["epoch"]
-    where = f"run {run.run_id} ({run.source / EPOCHS_FILE})"
-    if epochs != promised:
-        raise IncompleteRunError(
-            f"{where} holds epochs {epochs[0]}..{epochs[-1]} ({len(epochs)} rows), but "
-            f"run.json promises epochs 1..{promised[-1]}"
+    """Every epoch run.json promises (read_epochs has checked that row k is epoch k)."""
+    promised, held = run.params["epochs"], len(run.epochs["epoch"])
+    if held != promised:
+        error = IncompleteRunError if held < promised else RunFileError
+        raise error(
+            f"run {run.run_id} ({run.source / EPOCHS_FILE}) holds epochs 1..{held}, but "
+            f"run.json promises epochs 1..{promised}"
         )
-    bad = [m for m in FINAL_METRICS if not math.isfinite(run.epochs[m][-1])]
-    if bad:
-        raise IncompleteRunError(f"{where}: the final epoch's {', '.join(bad)} is not finite")
+
+
+def check_finished(folder: Path) -> None:
+    """IncompleteRunError if training has begun in ``folder`` but not ended: run.json is
+    written last, and the lock, epochs.csv and the checkpoint come before it."""
+    if (folder / RECORD_FILE).exists():
+        return
+    present = [name for name in IN_PROGRESS_FILES if (folder / name).exists()]
+    if present:
+        raise IncompleteRunError(
+            f"{folder / RECORD_FILE}: missing: run folder {folder} has not finished training "
+            f"(still training, stopped or failed: it holds {', '.join(present)})"
+        )
 
 
 def read_run_dir(folder: str | os.PathLike) -> Run:
     """Read and check a run folder holding epochs.csv and run.json; IncompleteRunError if
     it does not hold a finished run."""
     folder = Path(folder)
+    check_finished(folder)
     for name in (EPOCHS_FILE, RECORD_FILE):
         if not (folder / name).is_file():
             raise RunFileError(f"{folder / name}: missing (run folder {folder} is incomplete)")
