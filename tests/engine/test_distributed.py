@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from fmnist.report.provenance import provenance_row
-from fmnist.rundir.runfiles import read_run_dir
+from fmnist.rundir.files import exclusive_lock
+from fmnist.rundir.runfiles import LOCK_FILE, read_run_dir
 from helpers import (
+    ENV,
     TIMEOUT,
     Run,
     assert_same_tensors,
@@ -160,7 +162,12 @@ def interrupt(run: Run, sig: int, target: str) -> float:
 
 @pytest.mark.parametrize(
     ("sig", "target"),
-    [(signal.SIGTERM, "stage 1"), (signal.SIGKILL, "stage 1"), (signal.SIGTERM, "launcher")],
+    [
+        (signal.SIGTERM, "stage 1"),
+        (signal.SIGKILL, "stage 1"),
+        (signal.SIGTERM, "launcher"),
+        (signal.SIGHUP, "launcher"),
+    ],
 )
 def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
     runs, synthetic_data, tmp_path, sig, target
@@ -177,12 +184,12 @@ def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
     result = first.result()
     assert took < 60, f"the stages took {took:.0f} s to stop"
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         assert result.returncode == 75, result.stdout + result.stderr
         # From the launcher every stage gets it: whichever vote saw it first speaks.
-        expected = {"stage 1's process received SIGTERM"}
+        expected = {f"stage 1's process received {sig.name}"}
         if target == "launcher":
-            expected.add("received SIGTERM")
+            expected.add(f"received {sig.name}")
         stopped = state["attempts"][0]["stopped"]
         assert stopped in expected, stopped
         assert f"stopping early: {stopped}." in result.stdout
@@ -190,7 +197,8 @@ def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
         assert state["epoch"] >= 1 and 0 <= state["batches_done"] < 200
     else:
         assert result.returncode == 1, result.stdout + result.stderr
-        assert "a stage's process failed" in result.stderr
+        assert "error: a stage's process failed (killed by SIGKILL)" in result.stderr
+        assert "Traceback" not in result.stderr.split("a stage's process failed")[-1]
         assert state["batches_done"] == 0 and state["epoch"] >= 1  # the last epoch's end
     assert set(state["optimizer"]) == {"stages"} and len(state["optimizer"]["stages"]) == 2
 
@@ -200,6 +208,78 @@ def test_a_stopped_stage_ends_the_run_and_the_rerun_is_exact(
     assert metric_lines(out) == metric_lines(ref.out)
     assert_same_tensors(load_weights(out / "model.pt"), load_weights(ref.out / "model.pt"))
     assert len(json.loads((out / "run.json").read_text())["attempts"]) == 2
+
+
+def with_faults(**faults: str) -> dict:
+    """The environment of a run whose stage processes meet ``faults`` (fault_hook/)."""
+    hook = Path(__file__).parent / "fault_hook"
+    path = os.pathsep.join(filter(None, [str(hook), ENV.get("PYTHONPATH")]))
+    return {**ENV, "PYTHONPATH": path, **{f"FMNIST_FAULT_{k}": v for k, v in faults.items()}}
+
+
+def test_a_stage_dying_after_the_outputs_leaves_a_finished_run(runs, synthetic_data, tmp_path):
+    """Stage 1 exits 1 once the outputs are complete: the launcher says so and the run is
+    finished (exit 0), its outputs and numbers intact; before, the job failed and lost them."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", epochs=2, microbatches=1)
+    result = Run(out, args, env=with_faults(EXIT_AT_END="1")).result()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "warning: a stage's process ended with exit status 1 after the run's outputs were "
+        "complete; the run is finished"
+    ) in result.stdout
+    assert not (out / "checkpoint.pt").exists()
+    reference = runs["two_gpipe_m1_single"].ok() and runs["two_gpipe_m1_single"].out
+    assert metric_lines(out) == metric_lines(reference)
+    assert_same_tensors(load_weights(out / "model.pt"), load_weights(reference / "model.pt"))
+    assert read_run_dir(out).run_id == "run"
+
+
+def test_a_stop_before_the_first_checkpoint_is_no_finished_run(synthetic_data, tmp_path):
+    """SIGTERM to the launcher while the stages start: they end without a checkpoint; the
+    launcher exits 75 (stopped), saying so, not 0 (finished) with nothing trained."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", epochs=2)
+    run = Run(out, args, env=with_faults(SLOW_START="60"))
+    deadline = time.monotonic() + TIMEOUT
+    while len(stage_pids(run.proc.pid)) < 2:
+        assert run.proc.poll() is None, run.result().stderr
+        assert time.monotonic() < deadline, "the stage processes never started"
+        time.sleep(0.05)
+    run.proc.send_signal(signal.SIGTERM)
+    result = run.result()
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert (
+        "the stage processes stopped early, before they could save a checkpoint: the next "
+        "attempt starts the run from the beginning"
+    ) in result.stdout
+    assert "Training finished" not in result.stdout
+    assert not (out / "checkpoint.pt").exists() and not (out / "run.json").exists()
+
+
+def test_the_stages_end_when_their_launcher_is_killed(synthetic_data, tmp_path):
+    """kill -KILL of the launcher (an OOM killer, a lost session): the kernel sends its stages
+    SIGTERM; they stop together, save their checkpoint and free the run folder's lock."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", **{**LONG, "epochs": 100})
+    run = Run(out, args)
+    deadline = time.monotonic() + TIMEOUT
+    while data_rows(out) < 1:
+        assert run.proc.poll() is None, run.result().stderr
+        assert time.monotonic() < deadline, "epoch 1 never ended"
+        time.sleep(0.05)
+    pids = stage_pids(run.proc.pid)
+    assert sorted(pids) == [0, 1], pids
+    run.proc.send_signal(signal.SIGKILL)
+    run.result()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids.values()):
+        assert time.monotonic() < deadline, f"stage processes {pids} outlived their launcher"
+        time.sleep(0.1)
+    with exclusive_lock(out / LOCK_FILE, "the run folder"):
+        pass  # free: a rerun may start
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert state["attempts"][0]["stopped"].endswith("received SIGTERM")
 
 
 def test_a_last_batch_that_micro_batches_cannot_split_is_refused(synthetic_data, tmp_path):

@@ -10,8 +10,17 @@ import pytest
 import torch
 from cuda_standin import fake_cuda
 from fmnist.config import checks, settings
+from fmnist.config.checks import check_stop_margin, stop_grace_seconds
+from fmnist.config.settings import SettingError
 from fmnist.engine.devices import DeviceError
-from fmnist.engine.launch import EXIT_DIVERGED, free_port, srun_command, worst_exit_status
+from fmnist.engine.launch import (
+    EXIT_DIVERGED,
+    exit_status_text,
+    free_port,
+    launch_stages,
+    srun_command,
+    worst_exit_status,
+)
 from fmnist.engine.ranks import (
     RankEnvironment,
     check_one_process_per_gpu,
@@ -31,7 +40,29 @@ def test_exit_statuses_combine_into_the_one_that_says_most():
     assert worst_exit_status([0, 0]) == 0
     assert worst_exit_status([1, 2]) == 2  # permanent: never retried
     assert worst_exit_status([-15, EXIT_DIVERGED]) == EXIT_DIVERGED
-    assert worst_exit_status([0, -9]) == 1  # killed by a signal: unexpected
+    assert worst_exit_status([0, -9]) == -9  # killed by a signal: unexpected, and named
+    assert exit_status_text(-9) == "killed by SIGKILL"
+    assert exit_status_text(1) == "exit status 1"
+
+
+def test_torchrun_gives_the_stages_the_time_their_checkpoint_needs(monkeypatch):
+    """torch's own 30 s cut off the stop checkpoints of large models: the grace period
+    follows the model (and a SLURM margin shorter than it is refused by the config check)."""
+    seen = {}
+
+    def launcher(config, entrypoint):
+        seen["timeout"] = config.shutdown_timeout
+        return lambda *argv: None
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", launcher)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    big = {"hidden_sizes": [8192] * 4, "batch_size": 100}  # 208 M weights: 2.5 GB to save
+    assert stop_grace_seconds({"hidden_sizes": [200], "batch_size": 100}) == 31
+    assert stop_grace_seconds(big) == 30 + 250
+    assert launch_stages(["train.py"], 2, 1, False, None, stop_grace_seconds(big)) == 0
+    assert seen["timeout"] == 280
+    with pytest.raises(SettingError, match=r"signal_seconds \(90\) is too short .* at least 280"):
+        check_stop_margin(big, 90, "big")
 
 
 def test_rank_environment_from_torchrun_or_srun():
