@@ -85,7 +85,9 @@ def compute_page(said: statement.Statement, compute: pd.DataFrame) -> str:
             "Under SLURM one row per allocation of the run's jobs (a requeued job has one per "
             "start), from sacct; locally from Snakemake's benchmark file and run.json. "
             "ended: finished, deadline (stopped before a time limit, resumed), preempted, "
-            "interrupted, failed. Blank energy: not measured.",
+            "interrupted, failed. wall_estimated: killed without recording its end, counted "
+            "with the training seconds of the epochs it checkpointed. Blank energy: not "
+            "measured.",
             "note",
         ),
         h.table(compute, table_id="compute"),
