@@ -53,8 +53,15 @@ def test_the_pages_are_made_from_the_tables_gathering_wrote(tmp_path):
     assert "82.00 ± 2.00" in summary and "tutorial log" in summary
     runs = pd.read_csv(out / "runs.csv")
     page = (out / "runs.html").read_text()
-    for value in runs["final_test_accuracy"].dropna():
-        assert f">{htmltables.format_number(value)}</td>" in page
+    assert "<th>final_test_accuracy (%)</th>" in page and "<th>final_test_accuracy<" not in page
+    for value in runs["final_test_accuracy"].dropna():  # fractions in the CSV, % on the page
+        assert f">{htmltables.format_number(value * 100)}</td>" in page
+    every_column = summary.split("summary.csv", 1)[1]
+    assert "<th>final_test_accuracy_mean (%)</th>" in every_column and ">82</td>" in every_column
+    run_page = (out / "run_pages" / f"{three_seeds[0].name}.html").read_text()
+    assert (
+        "<th>test_accuracy (%)</th>" in run_page and "<th>final_test_accuracy (%)</th>" in run_page
+    )
     overview = (out / "overview.rst").read_text()
     assert overview.startswith("This report covers 4 runs (2 configurations × 3 seeds: 0, 1, 2)")
     assert "checksums were not recorded" in overview  # the fake runs record no MD5 sums

@@ -7,7 +7,9 @@
 * overview.rst: the landing page's paragraph (workflow/report/workflow.rst includes it):
   what was run, on what hardware, how many runs and seeds, whether the data were SYNTHETIC.
 
-Imports no torch.
+Accuracy is a fraction of the test set in every file (the CSVs) and a percentage in every
+page people read, its column named "... (%)" (:func:`accuracy_in_percent`), as in summary.md
+and the figures. Imports no torch.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def group_columns(summary: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- table pages
 
 
+def accuracy_in_percent(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its accuracy columns (fractions in the CSVs: test_accuracy,
+    final_test_accuracy_mean, ...) in percent, each named with " (%)"."""
+    columns = [c for c in table.columns if "accuracy" in c]
+    if not columns:
+        return table
+    shown = table.copy()
+    shown[columns] = shown[columns].apply(pd.to_numeric, errors="coerce") * 100
+    return shown.rename(columns={c: f"{c} (%)" for c in columns})
+
+
 def summary_page(summary: pd.DataFrame) -> str:
     shown, constants = paper.display_table(summary, group_columns(summary))
     totals = [c for c in summary.columns if c.endswith("_total")]
@@ -52,7 +65,7 @@ def summary_page(summary: pd.DataFrame) -> str:
         h.paragraph(note + " Compute totals: sums over the configuration's runs.", "note"),
         h.table(shown, table_id="summary"),
         "<h2>Every column (summary.csv)</h2>",
-        h.table(summary, table_id="summary-all"),
+        h.table(accuracy_in_percent(summary), table_id="summary-all"),
     )
 
 
@@ -62,10 +75,11 @@ def runs_page(runs: pd.DataFrame) -> str:
         h.paragraph(
             "One row per run: its parameters, final and best metrics, provenance summary, "
             "compute (attempts, wall seconds, allocated GPUs/CPUs, GPU-hours, CPU-hours) and "
-            "the configuration it belongs to. Click a header to sort.",
+            "the configuration it belongs to. Accuracy in percent (runs.csv: fractions). "
+            "Click a header to sort.",
             "note",
         ),
-        h.table(runs, table_id="runs"),
+        h.table(accuracy_in_percent(runs), table_id="runs"),
     )
 
 
@@ -126,7 +140,8 @@ def run_page(run_id: str, grouped: dict[str, dict[str, pd.DataFrame]]) -> str:
     epochs = rows("epochs")
     if epochs is not None:
         epochs = epochs[[c for c in epochs.columns if c not in summary or c == "epoch"]]
-        parts += ["<h2>Epochs</h2>", h.table(epochs, table_id="epochs")]
+        parts += ["<h2>Epochs</h2>", h.table(accuracy_in_percent(epochs), table_id="epochs")]
+    summary = accuracy_in_percent(rows("runs")).iloc[0].to_dict()
     parts += ["<h2>Settings, results and compute (runs.csv)</h2>", h.key_values(summary)]
     if rows("compute") is not None:
         parts += ["<h2>Attempts (compute.csv)</h2>", h.table(rows("compute"), table_id="attempts")]
