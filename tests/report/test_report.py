@@ -65,9 +65,21 @@ def test_the_pages_are_made_from_the_tables_gathering_wrote(tmp_path):
     overview = (out / "overview.rst").read_text()
     assert overview.startswith("This report covers 4 runs (2 configurations × 3 seeds: 0, 1, 2)")
     assert "checksums were not recorded" in overview  # the fake runs record no MD5 sums
+    assert "its stages all on one device (cpu)" in overview  # both stages on the CPU
+    assert "adam_impl=for_loop. Compute totals: sums" in summary  # a full stop between
     assert (
         "<h1>Run lr=0.001\\_seed=1</h1>" not in (out / "run_pages/lr=0.001_seed=1.html").read_text()
     )
+
+
+def test_the_landing_page_says_where_the_stages_ran():
+    def placed(*layouts):
+        return report_pages.placement(pd.DataFrame({"stage_devices": list(layouts)}))
+
+    assert placed("cuda:0,cuda:1") == "its stages on their own devices (cuda:0+cuda:1)"
+    assert placed("cpu,cpu", "cpu,cpu,cpu") == "its stages all on one device (cpu)"
+    assert placed("cuda:0,cuda:0,cuda:1") == "its stages on cuda:0+cuda:0+cuda:1"
+    assert placed(float("nan")) == "its stages' devices not recorded"
 
 
 def test_rst_escape():

@@ -52,14 +52,10 @@ def accuracy_in_percent(table: pd.DataFrame) -> pd.DataFrame:
 
 def summary_page(summary: pd.DataFrame) -> str:
     shown, constants = paper.display_table(summary, group_columns(summary))
+    note = paper.table_note(shown, constants)
     totals = [c for c in summary.columns if c.endswith("_total")]
     for column in totals:
         shown[column] = summary[column].to_numpy()
-    note = paper.NOTE
-    if constants:
-        note += " Same in all configurations: " + ", ".join(
-            f"{k}={v}" for k, v in constants.items()
-        )
     return h.page(
         "Summary per configuration",
         h.paragraph(note + " Compute totals: sums over the configuration's runs.", "note"),
@@ -160,15 +156,31 @@ def _values(runs: pd.DataFrame, column: str) -> list[str]:
     return [v.replace(",", "+") for v in values] if column == "devices" else values
 
 
-def model_text(fixed: dict) -> str:
-    """The model in words: the tutorial's layers, or the widths of a deeper one."""
+def placement(runs: pd.DataFrame) -> str:
+    """Where the stages ran, as runs.csv's stage_devices records it: "its stages on their
+    own devices (cuda:0+cuda:1)", "its stages all on one device (cpu)", or as recorded."""
+    layouts = _values(runs, "stage_devices")
+    if not layouts:
+        return "its stages' devices not recorded"
+    stages = [layout.split(",") for layout in layouts]
+    listed = " or ".join(layout.replace(",", "+") for layout in layouts)
+    if all(len(set(devices)) == len(devices) for devices in stages):
+        return f"its stages on their own devices ({listed})"
+    if all(len(set(devices)) == 1 for devices in stages):
+        return f"its stages all on one device ({' or '.join(dict.fromkeys(d[0] for d in stages))})"
+    return f"its stages on {listed}"
+
+
+def model_text(fixed: dict, where: str) -> str:
+    """The model in words: the tutorial's layers, or the widths of a deeper one, and
+    ``where`` its stages ran (:func:`placement`)."""
     widths = fixed.get("hidden_sizes", "H").split(",")
     activation = fixed.get("activation", "log_softmax")
     if len(widths) == 1:
         layers = f"Linear 784→{widths[0]}, {activation}, Linear {widths[0]}→10"
     else:
         layers = f"Linear layers 784→{'→'.join(widths)}→10 with {activation} between them"
-    return f"the tutorial's model-parallel MLP ({layers}, its stages on their own devices)"
+    return f"the tutorial's model-parallel MLP ({layers}, {where})"
 
 
 def describe_runs(runs: pd.DataFrame) -> str:
@@ -191,7 +203,9 @@ def describe_runs(runs: pd.DataFrame) -> str:
     configs = runs["configuration"].nunique()
     counts = f"{statement.plural(len(runs), 'run')} ({statement.plural(configs, 'configuration')}"
     counts += f" × {statement.plural(len(seeds), 'seed')}: {', '.join(seeds)})" if seeds else ")"
-    model = f"{model_text(fixed)} trained with " + ", ".join([optimizer, *filter(None, settings)])
+    model = f"{model_text(fixed, placement(runs))} trained with " + ", ".join(
+        [optimizer, *filter(None, settings)]
+    )
     sweep = f"; swept: {'; '.join(swept)}" if swept else ""
     return f"This report covers {counts} of {model}{sweep}."
 
