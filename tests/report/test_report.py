@@ -35,6 +35,11 @@ def test_labels_name_the_swept_parameters():
     runs = {"lr=0.01_seed=1": {"lr": 0.01, "seed": 1, "devices": ["cpu", "cpu"]}}
     assert labels.run_labels("lr=0.01_seed=1", runs, ["seed", "lr"]) == {"lr": "0.01", "seed": "1"}
     assert labels.run_labels("base", {"base": {}}, []) == {"run": "base"}
+    assert labels.figure_labels("lr=0.01_seed=1", runs, ["seed", "lr"], "vector PDF") == {
+        "lr": "0.01",
+        "seed": "1",
+        "format": "vector PDF",
+    }
 
 
 def test_the_pages_are_made_from_the_tables_gathering_wrote(tmp_path):
