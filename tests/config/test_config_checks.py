@@ -466,6 +466,16 @@ def test_a_distributed_run_asks_for_one_task_per_stage(dry_runs):
     assert "--process-group-timeout" not in commands["engine=singleprocess"]
 
 
+def test_a_dry_run_without_cores_shows_the_threads_the_jobs_run_with(tmp_path):
+    """Snakemake plans a dry run without --cores on 1 core; the commands still show each
+    process's cpus_per_task (3), as the jobs get them under SLURM."""
+    workdir = copy_workflow(tmp_path / "dry")
+    status, output = snakemake(workdir, "-n", "-p", overlay=ENGINES)
+    assert status == 0, output[-3000:]
+    for command in train_commands(output).values():
+        assert re.search(r"--threads (\d+)", command)[1] == "3"
+
+
 def test_profile_names_no_machine_specific_values():
     profile = yaml.safe_load((REPO_ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"

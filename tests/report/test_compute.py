@@ -15,6 +15,7 @@ The cluster prints its times in UTC (the machine's zone), hence tz=UTC below.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import subprocess
@@ -339,6 +340,64 @@ def test_a_distributed_gpu_run_without_sacct_counts_a_gpu_per_stage_process(tmp_
     )
     run = gather_runs([folder], None).runs.iloc[0]
     assert run["alloc_gpus"] == 2.0 and run["gpu_hours"] == pytest.approx(2.0)
+
+
+def test_a_distributed_run_holds_every_stage_process_threads(tmp_path):
+    """Two stage processes of 3 threads each for 1 h: 6 CPU cores, 6 CPU-hours (not 3)."""
+    attempt = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"}
+    folder = write_run_folder(
+        tmp_path,
+        "dist",
+        ROWS,
+        {**BASE_PARAMS, "epochs": 2, "engine": "distributed"},
+        setup={"threads": 3, "world_size": 2, "process_group_backend": "gloo"},
+        attempts=[attempt],
+    )
+    tables = gather_runs([folder], None)
+    run = tables.runs.iloc[0]
+    assert (run["alloc_cpus"], run["cpu_hours"]) == (6.0, pytest.approx(6.0))
+    assert "6 CPU cores per run" in statement.statement(tables.runs, tables.compute).text
+
+
+def killed_run(root, second_start: str, second_end: str, threads=1):
+    """A run whose first attempt died in epoch 2 (run.json records no end for it) and whose
+    second resumed at epoch 2 (the checkpoint of epoch 1) and finished."""
+    attempts = [
+        {"started": "2026-12-01T10:00:00+00:00", "start_epoch": 1},
+        {"started": second_start, "finished": second_end, "start_epoch": 2},
+    ]
+    folder = write_run_folder(
+        root,
+        "killed",
+        ROWS,
+        {**BASE_PARAMS, "epochs": 2},
+        setup={"threads": threads},
+        attempts=attempts,
+    )
+    record = json.loads((folder / "run.json").read_text())
+    del record["attempts"][0]["finished"]  # what a killed process leaves in its checkpoint
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_a_killed_attempt_counts_with_the_epochs_it_checkpointed(tmp_path):
+    """The killed attempt counts with epoch 1's 4 s, marked estimated, in the totals."""
+    folder = killed_run(tmp_path, "2026-12-01T10:05:00+00:00", "2026-12-01T10:05:30+00:00", 2)
+    tables = gather_runs([folder], None)
+    rows = tables.compute
+    assert rows["ended"].tolist() == ["failed", "finished"]
+    assert rows["wall_seconds"].tolist() == [4.0, 30.0]
+    assert rows["wall_estimated"].tolist() == [True, False]
+    run = tables.runs.iloc[0]
+    assert run["wall_seconds"] == 34.0 and bool(run["wall_estimated"])
+    assert run["cpu_hours"] == pytest.approx(2 * 34 / 3600)
+    said = statement.statement(tables.runs, tables.compute).text
+    assert "The wall time of 1 attempt killed without recording its end is estimated" in said
+
+
+def test_a_killed_attempt_counts_no_longer_than_until_the_next_started(tmp_path):
+    folder = killed_run(tmp_path, "2026-12-01T10:00:03+00:00", "2026-12-01T10:00:09+00:00")
+    assert gather_runs([folder], None).compute["wall_seconds"].tolist() == [3.0, 6.0]
 
 
 # --------------------------------------------------------------------------- statement

@@ -138,7 +138,45 @@ def test_groups_are_the_configuration_column(tmp_path, monkeypatch):
     # Relabel across the parameter groups: one run of each lr in "alpha" and in "beta".
     runs["configuration"] = ["alpha", "beta", "beta", "alpha"]
     seen = legends_of(monkeypatch, epochs, runs, tmp_path / "figures")
-    assert seen == {name: ["alpha", "beta"] for name in FIGURES}
+    assert seen == {
+        "loss": ["alpha", "beta", "train loss", "test loss"],
+        "accuracy": ["alpha", "beta"],
+        "throughput": ["alpha", "beta"],
+    }
+
+
+def drawn_figures(monkeypatch, epochs, runs, out) -> dict:
+    """Each figure plot_all draws, drawn (its tick labels made) before it is saved."""
+    drawn, save = {}, figures.save_figure
+
+    def keep(fig, out_dir, name):
+        fig.canvas.draw()
+        drawn[name] = fig
+        return save(fig, out_dir, name)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    figures.plot_all(epochs, runs, out)
+    return drawn
+
+
+def test_the_loss_legend_shows_which_line_is_train_and_which_test(tmp_path, monkeypatch):
+    epochs, runs = gathered(tmp_path, [(0.001, 100), (0.01, 100)], seeds=(0,))
+    fig = drawn_figures(monkeypatch, epochs, runs, tmp_path / "figures")["loss"]
+    (legend,) = fig.legends
+    styles = {
+        t.get_text(): h.get_linestyle() for t, h in zip(legend.get_texts(), legend.legend_handles)
+    }
+    assert styles == {"lr=0.001": "None", "lr=0.01": "None", "train loss": "-", "test loss": "--"}
+    train, test = fig.axes[:2]
+    assert {line.get_linestyle() for line in train.get_lines()} == {"-"}
+    assert {line.get_linestyle() for line in test.get_lines()} == {"--"}
+
+
+def test_throughput_ticks_have_thousands_separators(tmp_path, monkeypatch):
+    epochs, runs = gathered(tmp_path, [(0.001, 100)], seeds=(0, 1))  # about 5,000 samples/s
+    fig = drawn_figures(monkeypatch, epochs, runs, tmp_path / "figures")["throughput"]
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "5,000" in ticks and "5000" not in ticks
 
 
 def test_configurations_from_the_column():
@@ -185,7 +223,11 @@ def test_tutorial_only(tmp_path, monkeypatch):
     runs = pd.read_csv(tmp_path / "tables" / "runs.csv")
     out = tmp_path / "figures"
     legends = legends_of(monkeypatch, epochs, runs, out)
-    assert legends == {"loss": ["tutorial log"], "accuracy": [], "throughput": []}
+    assert legends == {
+        "loss": ["tutorial log", "train loss", "test loss"],
+        "accuracy": [],
+        "throughput": [],
+    }
     for name in FIGURES:
         assert_png_not_blank(out / f"{name}.png")
         assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")

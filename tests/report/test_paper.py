@@ -28,7 +28,8 @@ def test_summary_md_and_tex(tmp_path):
     md, tex = formatted(write_three_seeds(tmp_path))
     half = 100 * 4.302652730 * 0.02 / math.sqrt(3)
     lines = md.splitlines()
-    assert lines[0].startswith("| devices")
+    # One configuration: its settings are in the note, the results come first.
+    assert lines[0].startswith("| n ") and "devices" not in lines[0]
     assert "Test accuracy (%)" in lines[0]
     row = lines[2]
     assert "82.00 ± 2.00" in row
@@ -36,8 +37,14 @@ def test_summary_md_and_tex(tmp_path):
     assert "0.3000 ± 0.1000" in row  # train loss
     assert "0.4000 ± 0.1000" in row  # test loss
     assert "| 3 " in row  # n
-    assert "| false " in row  # booleans written as in run ids and labels
     assert "95% CI: Student-t, clipped to [0, 100] %" in md
+    note = md.splitlines()[-1]
+    assert note.endswith(
+        "n = number of seeds. Settings: devices=auto, epochs=3, batch_size=100, "
+        "lr=0.001, hidden_sizes=200, tutorial_double_scaling=false, "
+        "microbatches=1, adam_impl=for_loop."
+    )  # booleans as run ids write them
+    assert "% Settings: devices=auto" in tex
 
     assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
@@ -47,7 +54,8 @@ def test_summary_md_and_tex(tmp_path):
     assert r"Student-t, clipped to [0, 100] \%" in tex
     body = [line for line in tex.splitlines() if "82.00" in line][0]
     assert body.endswith(r"\\")
-    assert body.count("&") == tex.splitlines()[4].count("&")
+    header = [line for line in tex.splitlines() if "Test accuracy" in line][0]
+    assert body.count("&") == header.count("&") == 4
 
 
 def test_grouping_several_configs(tmp_path):
@@ -57,6 +65,7 @@ def test_grouping_several_configs(tmp_path):
     assert "72.00 ± 2.83" in md
     assert "| 50.00 " in md  # n=1: no ± part
     assert "Same in all configurations: devices=auto, epochs=3" in md
+    assert md.rstrip().endswith("adam_impl=for_loop.")
     assert "hidden_sizes=200" in md
     assert "tutorial_double_scaling=false" in md
 
@@ -73,6 +82,9 @@ def test_clipped_interval_is_shown_within_100_percent(tmp_path):
 def test_tutorial_log_row(tmp_path):
     md, tex = formatted([*write_three_seeds(tmp_path), write_tutorial_log(tmp_path / "t.log")])
     assert "tutorial log" in md and "tutorial log" in tex
+    header = [cell.strip() for cell in md.splitlines()[0].split("|")]
+    assert header[1:3] == ["configuration", "n"]  # base, tutorial log
+    assert "| base " in md
     assert "| –" in md  # a metric the log does not have
 
 

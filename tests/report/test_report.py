@@ -35,6 +35,11 @@ def test_labels_name_the_swept_parameters():
     runs = {"lr=0.01_seed=1": {"lr": 0.01, "seed": 1, "devices": ["cpu", "cpu"]}}
     assert labels.run_labels("lr=0.01_seed=1", runs, ["seed", "lr"]) == {"lr": "0.01", "seed": "1"}
     assert labels.run_labels("base", {"base": {}}, []) == {"run": "base"}
+    assert labels.figure_labels("lr=0.01_seed=1", runs, ["seed", "lr"], "vector PDF") == {
+        "lr": "0.01",
+        "seed": "1",
+        "format": "vector PDF",
+    }
 
 
 def test_the_pages_are_made_from_the_tables_gathering_wrote(tmp_path):
@@ -53,14 +58,33 @@ def test_the_pages_are_made_from_the_tables_gathering_wrote(tmp_path):
     assert "82.00 ± 2.00" in summary and "tutorial log" in summary
     runs = pd.read_csv(out / "runs.csv")
     page = (out / "runs.html").read_text()
-    for value in runs["final_test_accuracy"].dropna():
-        assert f">{htmltables.format_number(value)}</td>" in page
+    assert "<th>final_test_accuracy (%)</th>" in page and "<th>final_test_accuracy<" not in page
+    for value in runs["final_test_accuracy"].dropna():  # fractions in the CSV, % on the page
+        assert f">{htmltables.format_number(value * 100)}</td>" in page
+    every_column = summary.split("summary.csv", 1)[1]
+    assert "<th>final_test_accuracy_mean (%)</th>" in every_column and ">82</td>" in every_column
+    run_page = (out / "run_pages" / f"{three_seeds[0].name}.html").read_text()
+    assert (
+        "<th>test_accuracy (%)</th>" in run_page and "<th>final_test_accuracy (%)</th>" in run_page
+    )
     overview = (out / "overview.rst").read_text()
     assert overview.startswith("This report covers 4 runs (2 configurations × 3 seeds: 0, 1, 2)")
     assert "checksums were not recorded" in overview  # the fake runs record no MD5 sums
+    assert "its stages all on one device (cpu)" in overview  # both stages on the CPU
+    assert "adam_impl=for_loop. Compute totals: sums" in summary  # a full stop between
     assert (
         "<h1>Run lr=0.001\\_seed=1</h1>" not in (out / "run_pages/lr=0.001_seed=1.html").read_text()
     )
+
+
+def test_the_landing_page_says_where_the_stages_ran():
+    def placed(*layouts):
+        return report_pages.placement(pd.DataFrame({"stage_devices": list(layouts)}))
+
+    assert placed("cuda:0,cuda:1") == "its stages on their own devices (cuda:0+cuda:1)"
+    assert placed("cpu,cpu", "cpu,cpu,cpu") == "its stages all on one device (cpu)"
+    assert placed("cuda:0,cuda:0,cuda:1") == "its stages on cuda:0+cuda:0+cuda:1"
+    assert placed(float("nan")) == "its stages' devices not recorded"
 
 
 def test_rst_escape():

@@ -225,6 +225,29 @@ def test_the_figure_names_the_pipeline_and_both_fractions(tmp_path):
     assert labels == sorted(str(m) for m in range(4) for _ in range(4))  # every box labelled
 
 
+def test_a_slow_first_step_squeezes_no_other(tmp_path):
+    """Step 0 takes 10x as long as step 1 (its passes 10 s, not 1 s): each step has an
+    equally wide panel on its own time scale, its bracket naming its span."""
+    slow = [(0, s, m, p, 10 * t, 10 * t + 10.0) for s, m, p, t in GPIPE_2x4]
+    rows = slow + unit_rows(GPIPE_2x4, step=1, offset=200.0)
+    path = write_timeline(tmp_path / "timeline.csv", rows)
+    timeline = bubble.read_timeline(path)
+    pipeline = bubble.read_pipeline(write_run_json(tmp_path / "run.json"))
+    fig = bubble.draw_timeline(timeline, pipeline, bubble.idle_fractions(timeline, 4))
+    try:
+        first, second = fig.axes
+        widths = [ax.get_position().width for ax in fig.axes]
+        limits = [ax.get_xlim() for ax in fig.axes]
+        spans = [
+            t.get_text() for ax in fig.axes for t in ax.texts if t.get_text().startswith("step")
+        ]
+    finally:
+        plt.close(fig)
+    assert widths[0] == pytest.approx(widths[1])
+    assert limits == [(0, pytest.approx(101_000)), (0, pytest.approx(10_100))]  # ms, 1 % room
+    assert spans == ["step 0: 100,000.0 ms", "step 1: 10,000.0 ms"]
+
+
 def run_cli(*args, env=None):
     return run_script(SCRIPT, *args, env=env)
 

@@ -243,8 +243,8 @@ def test_tables_are_readable_in_the_report_with_their_numbers(report):
     workdir, results, _ = report
     runs = pd.read_csv(workdir / "results/tables/runs.csv")
     page = embedded(results["results/tables/runs.html"])
-    for value in runs["final_test_accuracy"]:
-        assert f">{htmltables.format_number(value)}</td>" in page
+    for value in runs["final_test_accuracy"]:  # a fraction in the CSV, % on the page
+        assert f">{htmltables.format_number(value * 100)}</td>" in page
     summary = embedded(results["results/tables/summary.html"])
     accuracy = pd.read_csv(workdir / "results/tables/summary.csv")["final_test_accuracy_mean"][0]
     assert f"{100 * accuracy:.2f} ± " in summary  # the paper's table
@@ -266,7 +266,7 @@ def test_every_table_and_figure_keeps_its_caption(report):
     assert "One row per run:" in captions["runs.html"]
     assert "compute statement" in captions["compute.html"]
     assert "byte for byte" in captions["reproduction.html"]
-    assert "Test accuracy per epoch" in captions["accuracy.pdf"]
+    assert "Test accuracy (%) per epoch" in captions["accuracy.pdf"]
     assert all(entry["caption"].strip() for entry in results.values()), [
         p for p, e in results.items() if not e["caption"].strip()
     ]
@@ -283,6 +283,13 @@ def test_each_run_has_a_page_under_its_swept_parameters(report):
     ]
     page = embedded(pages["results/tables/run_pages/lr=0.01_seed=1.html"])
     assert "<h1>Run lr=0.01_seed=1</h1>" in page and "<h2>Epochs</h2>" in page
+    figures = {p: e["labels"] for p, e in results.items() if "/figures/pipeline/" in p}
+    assert figures["results/figures/pipeline/lr=0.01_seed=1.pdf"] == {
+        "lr": "0.01",
+        "seed": "1",
+        "format": "vector PDF",
+    }
+    assert len(figures) == 8  # each run's figure as image and as PDF
 
 
 def test_nothing_is_left_to_do_and_moving_the_checkout_or_the_margin_reruns_nothing(

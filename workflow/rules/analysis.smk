@@ -1,4 +1,4 @@
-from fmnist.report.labels import run_labels
+from fmnist.report.labels import figure_labels, run_labels
 
 # Every run's pipeline timeline (rule plot_pipeline_timeline), for `rule all` to ask for.
 PIPELINE_FIGURES = expand(
@@ -211,13 +211,23 @@ rule plot_pipeline_timeline:
         timeline="results/runs/{run}/timeline.csv",
         provenance="results/runs/{run}/run.json",
     output:
+        # Listed by the run's swept parameters, as image and as PDF (for the paper).
         png=report(
             "results/figures/pipeline/{run}.png",
             caption="../report/pipeline.rst",
             category="Pipeline",
-            subcategory="{run}",
+            labels=lambda wildcards: figure_labels(
+                wildcards.run, RUNS, config["sweep"], "image"
+            ),
         ),
-        pdf="results/figures/pipeline/{run}.pdf",
+        pdf=report(
+            "results/figures/pipeline/{run}.pdf",
+            caption="../report/pipeline.rst",
+            category="Pipeline",
+            labels=lambda wildcards: figure_labels(
+                wildcards.run, RUNS, config["sweep"], "vector PDF"
+            ),
+        ),
     log:
         "results/logs/plot_pipeline_timeline/{run}.log",
     benchmark:

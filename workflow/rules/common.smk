@@ -100,10 +100,16 @@ def train_threads(params_of):
 
 
 def process_threads(params_of):
-    """train.py's --threads: each process's share of the job's cores."""
-    return lambda wildcards, threads: max(
-        1, threads // stage_tasks(params_of(wildcards))
-    )
+    """train.py's --threads: each process's share of the job's cores. A dry run without
+    --cores caps every job at the 1 core Snakemake assumes then, which no job runs with:
+    it shows the cores the job asks for (cpus_per_task per process, as under SLURM)."""
+
+    def per_process(wildcards, threads):
+        if workflow.dryrun and workflow.resource_settings.cores == 1:
+            threads = train_threads(params_of)(wildcards)
+        return max(1, threads // stage_tasks(params_of(wildcards)))
+
+    return per_process
 
 
 def launch_arguments(params_of):

@@ -12,7 +12,10 @@ Sources, best first:
 * **benchmark** (local runs): Snakemake's ``benchmark:`` file of the training job, written
   by its last job: that attempt's wall time and max RSS.
 * **run.json**: each attempt's own start and end (to the second); the GPUs and CPUs it had
-  (the CUDA devices its stages used, or SLURM's GPU list; its thread count).
+  (the CUDA devices its stages used, or SLURM's GPU list; its thread count times its stage
+  processes). An attempt killed outright (no end recorded, resumed by the next) is counted
+  with the training seconds of the epochs it checkpointed, marked ``wall_estimated``: its
+  start-up and its work after its last checkpoint are not recorded anywhere.
 
 GPU-hours and CPU-hours are allocated ones: GPUs (CPUs) held x wall time, as clusters
 bill them, whether or not the run kept them busy. Imports no torch.
@@ -42,6 +45,7 @@ ATTEMPT_COLUMNS = [
     "host",
     "started",
     "wall_seconds",
+    "wall_estimated",
     "queue_wait_seconds",
     "alloc_gpus",
     "alloc_cpus",
@@ -179,6 +183,20 @@ def stage_gpus(record: dict, attempt: dict) -> int:
     return len({d for d in record["setup"]["devices"] if d.startswith("cuda")})
 
 
+def stage_processes(record: dict, attempt: dict) -> int:
+    """The processes that trained in the attempt: one per stage for the distributed engine
+    (its ranks; the setup's world_size), else one."""
+    if attempt.get("ranks"):
+        return len(attempt["ranks"])
+    return int(record["setup"].get("world_size", 1))
+
+
+def _attempt_cpus(record: dict, attempt: dict) -> float:
+    """CPU cores the attempt held: each process's thread count (setup.threads) times its
+    processes."""
+    return float(record["setup"]["threads"] * stage_processes(record, attempt))
+
+
 def _attempt_gpus(record: dict, attempt: dict) -> float:
     """GPUs the attempt held: SLURM's list for the job (SLURM_JOB_GPUS), else the CUDA
     devices its stages used."""
@@ -194,18 +212,38 @@ def _hours(count: float, seconds: float) -> float:
 
 def _row(run: Run, **values) -> dict:
     row = dict.fromkeys(ATTEMPT_COLUMNS, math.nan)
-    row.update(run_id=run.run_id, **values)
+    row.update({"run_id": run.run_id, "wall_estimated": False, **values})
     row["gpu_hours"] = _hours(row["alloc_gpus"], row["wall_seconds"])
     row["cpu_hours"] = _hours(row["alloc_cpus"], row["wall_seconds"])
     return row
 
 
+def checkpointed_seconds(run: Run, index: int) -> float:
+    """The wall time a killed attempt's checkpoints prove: the training seconds of the epochs
+    it finished (from its start epoch to the one the next attempt resumed at), at most the
+    time until the next attempt started. An estimate: start-up, evaluation and the work after
+    the last checkpoint are left out (and an epoch it resumed mid-way counts whole)."""
+    attempt, following = run.record["attempts"][index : index + 2]
+    first, resumed_at = attempt["start_epoch"], following["start_epoch"]
+    seconds = sum(
+        float(s)
+        for epoch, s in zip(run.epochs["epoch"], run.epochs.get("epoch_seconds", []))
+        if first <= epoch < resumed_at and not is_missing(s)
+    )
+    gap = (parse_iso(following["started"]) - parse_iso(attempt["started"])).total_seconds()
+    return min(seconds, gap)
+
+
 def record_row(run: Run, index: int, benchmark: dict | None) -> dict:
-    """An attempt as run.json (and, for the last one of a local run, the benchmark) saw it."""
+    """An attempt as run.json (and, for the last one of a local run, the benchmark) saw it;
+    a killed one by what its checkpoints prove (:func:`checkpointed_seconds`)."""
     attempts = run.record["attempts"]
     attempt, is_last = attempts[index], index == len(attempts) - 1
     started, finished = parse_iso(attempt["started"]), parse_iso(attempt.get("finished"))
     wall = (finished - started).total_seconds() if finished else math.nan
+    killed = finished is None and not is_last
+    if killed:
+        wall = checkpointed_seconds(run, index)
     source, rss = "run.json", math.nan
     if is_last and benchmark is not None and attempt["slurm"] is None:
         source, wall, rss = "benchmark", benchmark.get("s", wall), benchmark.get("max_rss", rss)
@@ -218,8 +256,9 @@ def record_row(run: Run, index: int, benchmark: dict | None) -> dict:
         host=slurm.get("node") or attempt["hostname"],
         started=attempt["started"],
         wall_seconds=wall,
+        wall_estimated=killed,
         alloc_gpus=_attempt_gpus(run.record, attempt),
-        alloc_cpus=float(run.record["setup"]["threads"]),
+        alloc_cpus=_attempt_cpus(run.record, attempt),
         max_rss_mb=rss,
     )
 
@@ -328,6 +367,7 @@ def run_compute(rows: list[dict]) -> dict:
         "attempt_ends": ",".join(r["ended"] for r in rows),
         "attempt_wall_seconds": ",".join(_cell(r["wall_seconds"]) for r in rows),
         "wall_seconds": _total(r["wall_seconds"] for r in rows),
+        "wall_estimated": any(r["wall_estimated"] for r in rows),
         "queue_wait_seconds": _total(r["queue_wait_seconds"] for r in rows),
         "alloc_gpus": last["alloc_gpus"],
         "alloc_cpus": last["alloc_cpus"],

@@ -2,10 +2,10 @@
 
 Each figure is written as PNG (300 dpi) and PDF (Type 42 fonts), 3.5 in wide:
 
-* ``loss``        train (top) and test (bottom) cross-entropy against epoch;
+* ``loss``        train (top, solid) and test (bottom, dashed) cross-entropy against epoch;
 * ``accuracy``    test accuracy (%) against epoch;
 * ``throughput``  samples per second of each run (points) and the mean of each
-  configuration (bars).
+  configuration (bars), with thousands separators.
 
 Configurations and their labels are runs.csv's ``configuration`` column, as gathering
 grouped them; nothing here regroups. Curves show the mean over seeds with a shaded ±1
@@ -204,13 +204,30 @@ def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
 # --------------------------------------------------------------------------- figures
 
 
+LINE_STYLES = {"train loss": "-", "test loss": "--"}
+"""The loss figure's line style of each panel, keyed as its legend names them."""
+
+
+def loss_legend(present: list[int], labels: list[str]) -> tuple[list, list[str]]:
+    """The loss figure's legend: a colour swatch per configuration (no line, so none looks
+    solid or dashed), then the two line styles in black."""
+    swatches = [
+        plt.Line2D([], [], color=style(c)["color"], marker=style(c)["marker"] or "s", ls="none")
+        for c in present
+    ]
+    keys = [plt.Line2D([], [], color="black", linestyle=ls) for ls in LINE_STYLES.values()]
+    return swatches + keys, [labels[c] for c in present] + list(LINE_STYLES)
+
+
 def plot_loss(epochs_df, config, labels, out_dir: Path) -> list[Path]:
     train = epoch_stats(epochs_df, config, "train_loss")
     test = epoch_stats(epochs_df, config, "test_loss")
     present = sorted(set(train["config"]) | set(test["config"]))
-    fig, (ax_train, ax_test), ncol = _figure(2, 1.3, [labels[c] for c in present])
+    handles, names = loss_legend(present, labels)
+    fig, (ax_train, ax_test), ncol = _figure(2, 1.3, names)
     used: dict = {}
-    for ax, stats, title, ls in [(ax_train, train, "Train", "-"), (ax_test, test, "Test", "--")]:
+    panels = [(ax_train, train, "Train"), (ax_test, test, "Test")]
+    for (ax, stats, title), ls in zip(panels, LINE_STYLES.values()):
         if stats.empty:
             _no_data(ax, f"{title.lower()} loss", hide_x=False)
         _plot_curves(ax, stats, 1.0, labels, used, linestyle=ls)
@@ -218,11 +235,7 @@ def plot_loss(epochs_df, config, labels, out_dir: Path) -> list[Path]:
         _integer_epochs(ax)
     ax_test.set_xlabel("Epoch")
     fig.supylabel("Cross-entropy loss (nats)", fontsize=RC["axes.labelsize"])
-    # Legend handles without a line style: solid/dashed is explained by the panel titles.
-    handles = [
-        plt.Line2D([], [], color=style(c)["color"], marker=style(c)["marker"]) for c in present
-    ]
-    _add_legend(fig, handles, [labels[c] for c in present], ncol)
+    _add_legend(fig, handles, names, ncol)
     return save_figure(fig, out_dir, "loss")
 
 
@@ -271,6 +284,7 @@ def plot_throughput(runs_df, config, labels, out_dir: Path) -> list[Path]:
     ax.set_xticks(range(len(present)))
     ax.set_xticklabels(names, rotation=90 if rotate else 0, fontsize=6 if len(present) > 8 else 7)
     ax.set_ylabel("Throughput (samples/s)")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax.set_xlabel("Configuration")
     ax.set_ylim(bottom=0)
     return save_figure(fig, out_dir, "throughput")

@@ -23,3 +23,9 @@ def run_labels(run: str, runs: dict[str, dict], swept) -> dict[str, str]:
     if not swept or params is None:
         return {"run": run}
     return {key: format_value(params[key]) for key in swept}
+
+
+def figure_labels(run: str, runs: dict[str, dict], swept, kind: str) -> dict[str, str]:
+    """The labels of a run's figure in the report: the run's (:func:`run_labels`) and its
+    format (``kind``: "image" or "vector PDF", as the training curves name theirs)."""
+    return {**run_labels(run, runs, swept), "format": kind}

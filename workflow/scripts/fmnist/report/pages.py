@@ -7,7 +7,9 @@
 * overview.rst: the landing page's paragraph (workflow/report/workflow.rst includes it):
   what was run, on what hardware, how many runs and seeds, whether the data were SYNTHETIC.
 
-Imports no torch.
+Accuracy is a fraction of the test set in every file (the CSVs) and a percentage in every
+page people read, its column named "... (%)" (:func:`accuracy_in_percent`), as in summary.md
+and the figures. Imports no torch.
 """
 
 from __future__ import annotations
@@ -37,22 +39,29 @@ def group_columns(summary: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- table pages
 
 
+def accuracy_in_percent(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its accuracy columns (fractions in the CSVs: test_accuracy,
+    final_test_accuracy_mean, ...) in percent, each named with " (%)"."""
+    columns = [c for c in table.columns if "accuracy" in c]
+    if not columns:
+        return table
+    shown = table.copy()
+    shown[columns] = shown[columns].apply(pd.to_numeric, errors="coerce") * 100
+    return shown.rename(columns={c: f"{c} (%)" for c in columns})
+
+
 def summary_page(summary: pd.DataFrame) -> str:
     shown, constants = paper.display_table(summary, group_columns(summary))
+    note = paper.table_note(shown, constants)
     totals = [c for c in summary.columns if c.endswith("_total")]
     for column in totals:
         shown[column] = summary[column].to_numpy()
-    note = paper.NOTE
-    if constants:
-        note += " Same in all configurations: " + ", ".join(
-            f"{k}={v}" for k, v in constants.items()
-        )
     return h.page(
         "Summary per configuration",
         h.paragraph(note + " Compute totals: sums over the configuration's runs.", "note"),
         h.table(shown, table_id="summary"),
         "<h2>Every column (summary.csv)</h2>",
-        h.table(summary, table_id="summary-all"),
+        h.table(accuracy_in_percent(summary), table_id="summary-all"),
     )
 
 
@@ -62,10 +71,11 @@ def runs_page(runs: pd.DataFrame) -> str:
         h.paragraph(
             "One row per run: its parameters, final and best metrics, provenance summary, "
             "compute (attempts, wall seconds, allocated GPUs/CPUs, GPU-hours, CPU-hours) and "
-            "the configuration it belongs to. Click a header to sort.",
+            "the configuration it belongs to. Accuracy in percent (runs.csv: fractions). "
+            "Click a header to sort.",
             "note",
         ),
-        h.table(runs, table_id="runs"),
+        h.table(accuracy_in_percent(runs), table_id="runs"),
     )
 
 
@@ -85,7 +95,9 @@ def compute_page(said: statement.Statement, compute: pd.DataFrame) -> str:
             "Under SLURM one row per allocation of the run's jobs (a requeued job has one per "
             "start), from sacct; locally from Snakemake's benchmark file and run.json. "
             "ended: finished, deadline (stopped before a time limit, resumed), preempted, "
-            "interrupted, failed. Blank energy: not measured.",
+            "interrupted, failed. wall_estimated: killed without recording its end, counted "
+            "with the training seconds of the epochs it checkpointed. Blank energy: not "
+            "measured.",
             "note",
         ),
         h.table(compute, table_id="compute"),
@@ -124,7 +136,8 @@ def run_page(run_id: str, grouped: dict[str, dict[str, pd.DataFrame]]) -> str:
     epochs = rows("epochs")
     if epochs is not None:
         epochs = epochs[[c for c in epochs.columns if c not in summary or c == "epoch"]]
-        parts += ["<h2>Epochs</h2>", h.table(epochs, table_id="epochs")]
+        parts += ["<h2>Epochs</h2>", h.table(accuracy_in_percent(epochs), table_id="epochs")]
+    summary = accuracy_in_percent(rows("runs")).iloc[0].to_dict()
     parts += ["<h2>Settings, results and compute (runs.csv)</h2>", h.key_values(summary)]
     if rows("compute") is not None:
         parts += ["<h2>Attempts (compute.csv)</h2>", h.table(rows("compute"), table_id="attempts")]
@@ -143,15 +156,31 @@ def _values(runs: pd.DataFrame, column: str) -> list[str]:
     return [v.replace(",", "+") for v in values] if column == "devices" else values
 
 
-def model_text(fixed: dict) -> str:
-    """The model in words: the tutorial's layers, or the widths of a deeper one."""
+def placement(runs: pd.DataFrame) -> str:
+    """Where the stages ran, as runs.csv's stage_devices records it: "its stages on their
+    own devices (cuda:0+cuda:1)", "its stages all on one device (cpu)", or as recorded."""
+    layouts = _values(runs, "stage_devices")
+    if not layouts:
+        return "its stages' devices not recorded"
+    stages = [layout.split(",") for layout in layouts]
+    listed = " or ".join(layout.replace(",", "+") for layout in layouts)
+    if all(len(set(devices)) == len(devices) for devices in stages):
+        return f"its stages on their own devices ({listed})"
+    if all(len(set(devices)) == 1 for devices in stages):
+        return f"its stages all on one device ({' or '.join(dict.fromkeys(d[0] for d in stages))})"
+    return f"its stages on {listed}"
+
+
+def model_text(fixed: dict, where: str) -> str:
+    """The model in words: the tutorial's layers, or the widths of a deeper one, and
+    ``where`` its stages ran (:func:`placement`)."""
     widths = fixed.get("hidden_sizes", "H").split(",")
     activation = fixed.get("activation", "log_softmax")
     if len(widths) == 1:
         layers = f"Linear 784→{widths[0]}, {activation}, Linear {widths[0]}→10"
     else:
         layers = f"Linear layers 784→{'→'.join(widths)}→10 with {activation} between them"
-    return f"the tutorial's model-parallel MLP ({layers}, its stages on their own devices)"
+    return f"the tutorial's model-parallel MLP ({layers}, {where})"
 
 
 def describe_runs(runs: pd.DataFrame) -> str:
@@ -174,7 +203,9 @@ def describe_runs(runs: pd.DataFrame) -> str:
     configs = runs["configuration"].nunique()
     counts = f"{statement.plural(len(runs), 'run')} ({statement.plural(configs, 'configuration')}"
     counts += f" × {statement.plural(len(seeds), 'seed')}: {', '.join(seeds)})" if seeds else ")"
-    model = f"{model_text(fixed)} trained with " + ", ".join([optimizer, *filter(None, settings)])
+    model = f"{model_text(fixed, placement(runs))} trained with " + ", ".join(
+        [optimizer, *filter(None, settings)]
+    )
     sweep = f"; swept: {'; '.join(swept)}" if swept else ""
     return f"This report covers {counts} of {model}{sweep}."
 

@@ -1,9 +1,10 @@
 """The summary table formatted for papers: Markdown (summary.md) and LaTeX (summary.tex).
 
 Accuracy is shown in percent, each metric as "mean ± std" with its 95 % interval. Only the
-parameters that vary between configurations get a column; the constant ones are named once
-in the note under the table, so that a sweep over two parameters gives a table a reader
-can take in. Imports no torch.
+parameters that vary between configurations get a column; the constant ones (all of them,
+for a single configuration) are named once in the note under the table, so that the results
+come first and a sweep over two parameters gives a table a reader can take in. Imports no
+torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fmnist.report.formats import (
     format_mean_std,
     latex_escape,
 )
-from fmnist.report.labels import TUTORIAL_LABEL
+from fmnist.report.labels import CONFIGURATION_COLUMN, TUTORIAL_LABEL
 
 NOTE = (
     "Final-epoch values, mean ± sample standard deviation over seeds; "
@@ -30,15 +31,12 @@ def split_constant_columns(summary: pd.DataFrame, group_cols: list[str]):
     """(shown, constant) configuration columns.
 
     Columns that vary between configurations are shown; the others are constant and go
-    into the note. Rows without any parameter (tutorial logs) do not count. If nothing
-    varies, all are shown (a single configuration still says what it was).
+    into the note. Rows without any parameter (tutorial logs) do not count.
     """
     if not group_cols:
         return [], []
     with_params = summary[summary[group_cols].notna().any(axis=1)]
     varying = [c for c in group_cols if with_params[c].astype(str).nunique(dropna=False) > 1]
-    if not varying:
-        return list(group_cols), []
     return varying, [c for c in group_cols if c not in varying]
 
 
@@ -66,6 +64,8 @@ def display_table(summary: pd.DataFrame, group_cols: list[str], pm: str = " ± "
     if shown:
         no_params = summary[group_cols].isna().all(axis=1).to_numpy()
         table.loc[no_params, shown[0]] = TUTORIAL_LABEL
+    elif len(summary) > 1:  # one configuration beside tutorial logs: their labels tell them apart
+        table["configuration"] = summary[CONFIGURATION_COLUMN].astype(str)
     for name, cells in _metric_cells(summary, pm, sep).items():
         table[name] = cells
     first = summary[summary[group_cols].notna().any(axis=1)].iloc[0] if constant else None
@@ -73,18 +73,27 @@ def display_table(summary: pd.DataFrame, group_cols: list[str], pm: str = " ± "
     return table.reset_index(drop=True), constants
 
 
-def _constants_text(constants: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in constants.items())
+def constants_text(constants: dict, shown: pd.DataFrame) -> str:
+    """The note's sentence naming the parameters no column shows ("" if none), ending in a
+    full stop: "Settings: ..." of a single configuration, else "Same in all ...: ..."."""
+    if not constants:
+        return ""
+    pairs = ", ".join(f"{k}={v}" for k, v in constants.items())
+    parameters = [c for c in shown.columns if c not in [*METRIC_COLUMNS, CONFIGURATION_COLUMN]]
+    several = bool(parameters)  # columns of the parameters that vary: several configurations
+    return f"{'Same in all configurations' if several else 'Settings'}: {pairs}."
+
+
+def table_note(table: pd.DataFrame, constants: dict) -> str:
+    """The note under the table: how to read it, then the parameters it does not show."""
+    return " ".join(filter(None, [NOTE, constants_text(constants, table)]))
 
 
 def summary_markdown(summary: pd.DataFrame, group_cols: list[str]) -> str:
     """The summary as a Markdown table followed by a one-line note."""
     table, constants = display_table(summary, group_cols)
     text = table.to_markdown(index=False, disable_numparse=True)
-    note = NOTE
-    if constants:
-        note += f" Same in all configurations: {_constants_text(constants)}."
-    return f"{text}\n\n{note}\n"
+    return f"{text}\n\n{table_note(table, constants)}\n"
 
 
 def summary_latex(summary: pd.DataFrame, group_cols: list[str]) -> str:
@@ -101,7 +110,7 @@ def summary_latex(summary: pd.DataFrame, group_cols: list[str]) -> str:
         "% Requires \\usepackage{booktabs}.",
     ]
     if constants:
-        lines.append("% Same in all configurations: " + latex_escape(_constants_text(constants)))
+        lines.append("% " + latex_escape(constants_text(constants, table)))
     lines += [
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",

@@ -126,6 +126,19 @@ def _cut_short(compute: pd.DataFrame) -> str:
     )
 
 
+def _estimated(compute: pd.DataFrame) -> str:
+    """Which wall times are estimates: attempts killed without recording their end."""
+    if "wall_estimated" not in compute:
+        return ""
+    killed = int(compute["wall_estimated"].astype(str).eq("True").sum())
+    if not killed:
+        return ""
+    return (
+        f"The wall time of {plural(killed, 'attempt')} killed without recording its end is "
+        "estimated from the epochs it checkpointed (start-up and unsaved work not included)."
+    )
+
+
 def _seeds(runs: pd.DataFrame) -> str:
     if "seed" not in runs:
         return ""
@@ -179,6 +192,7 @@ def statement(runs: pd.DataFrame, compute: pd.DataFrame) -> Statement:
             f"per run {_per_run(runs, 'gpu_hours', 'GPU-hours')} and "
             f"{_per_run(runs, 'cpu_hours', 'CPU-hours')}.",
             _cut_short(compute),
+            _estimated(compute),
             _energy_and_wait(runs, compute),
             "GPU-hours and CPU-hours are allocated ones (devices held x wall time).",
         ]

@@ -11,7 +11,8 @@ From that:
 * the GPipe bubble formula (K-1)/(M+K-1), K stages and M micro-batches: the idle fraction of
   a perfect pipeline whose passes all take the same time, to compare the measurement with;
 * the figure: one lane per stage (stage 0 on top), forward and backward boxes labelled with
-  their micro-batch, idle time left empty, PNG and PDF with deterministic bytes.
+  their micro-batch, idle time left empty; one panel per step, equally wide, each on its
+  own time scale (a slow first step squeezes no other); PNG and PDF with deterministic bytes.
 
 A single-process engine on a CPU runs one stage at a time, so its idle fraction is about
 (K-1)/K whatever M is; the figure shows what was measured, not what a pipeline could do.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import jsonschema
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -283,6 +285,8 @@ WIDTH_IN = 7.0
 """A two-column paper's full width: the boxes need it."""
 LANE_IN = 0.4
 MARGINS_IN = {"left": 0.75, "right": 0.15, "top": 0.55, "bottom": 0.5, "steps": 0.25}
+STEP_GAP_IN = 0.15
+"""Between the steps' panels."""
 PHASE_COLOURS = {"forward": OKABE_ITO[0], "backward": OKABE_ITO[1]}
 LABEL_COLOURS = {"forward": "white", "backward": "black"}  # readable on each box
 IDLE_COLOUR = "#ECECEC"
@@ -329,19 +333,47 @@ def _draw_lanes(ax, timeline: pd.DataFrame, stages: int, pt_per_ms: float) -> No
                 )
 
 
-def _draw_steps(ax, timeline: pd.DataFrame) -> None:
-    """A bracket over the lanes for each step's span, the time its idle fraction is of."""
-    steps = timeline.groupby("step")
-    first, last = steps["start_seconds"].min() * 1e3, steps["end_seconds"].max() * 1e3
-    for step in first.index:
-        ax.plot(
-            [first[step], first[step], last[step], last[step]],
-            [-0.55, -0.65, -0.65, -0.55],
-            color="black",
-            linewidth=0.6,
-            clip_on=False,
-        )
-        ax.text((first[step] + last[step]) / 2, -0.7, f"step {step}", ha="center", va="bottom")
+def _draw_step_span(ax, step: int, span_ms: float) -> None:
+    """A bracket over the lanes for the step's span, the time its idle fraction is of."""
+    ax.plot(
+        [0, 0, span_ms, span_ms],
+        [-0.55, -0.65, -0.65, -0.55],
+        color="black",
+        linewidth=0.6,
+        clip_on=False,
+    )
+    ax.text(span_ms / 2, -0.7, f"step {step}: {span_ms:,.1f} ms", ha="center", va="bottom")
+
+
+def _step_axes(fig, steps: int, stages: int, height: float) -> tuple[list, float]:
+    """One axes per step, side by side and equally wide, and that width in inches."""
+    margins = MARGINS_IN
+    room = WIDTH_IN - margins["left"] - margins["right"] - STEP_GAP_IN * (steps - 1)
+    width = room / steps
+    bottom, axes_h = margins["bottom"] / height, (margins["steps"] + stages * LANE_IN) / height
+    axes = []
+    for i in range(steps):
+        left = (margins["left"] + i * (width + STEP_GAP_IN)) / WIDTH_IN
+        axes.append(fig.add_axes((left, bottom, width / WIDTH_IN, axes_h)))
+    return axes, width
+
+
+def _draw_step(ax, passes: pd.DataFrame, step: int, stages: int, width_in: float) -> None:
+    """One step's passes, in ms since its first pass started, on the step's own scale."""
+    first = passes["start_seconds"].min()
+    shifted = passes.assign(
+        start_seconds=passes["start_seconds"] - first, end_seconds=passes["end_seconds"] - first
+    )
+    span_ms = float(shifted["end_seconds"].max()) * 1e3
+    ax.set_xlim(0, span_ms * 1.01)
+    # Stage 0 on top; the room above it holds the step's bracket.
+    ax.set_ylim(stages - 0.5, -0.5 - MARGINS_IN["steps"] / LANE_IN)
+    _draw_lanes(ax, shifted, stages, width_in * 72 / (span_ms * 1.01))
+    _draw_step_span(ax, step, span_ms)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+    ax.tick_params(axis="y", length=0)
+    ax.spines["left"].set_visible(False)
+    ax.set_yticks([])
 
 
 def draw_timeline(timeline: pd.DataFrame, pipeline: Pipeline, idle: Idle):
@@ -350,22 +382,13 @@ def draw_timeline(timeline: pd.DataFrame, pipeline: Pipeline, idle: Idle):
     margins = MARGINS_IN
     height = margins["top"] + margins["steps"] + k * LANE_IN + margins["bottom"]
     fig = plt.figure(figsize=(WIDTH_IN, height))
-    axes_w = WIDTH_IN - margins["left"] - margins["right"]
-    axes_h = margins["steps"] + k * LANE_IN
-    ax = fig.add_axes(
-        (margins["left"] / WIDTH_IN, margins["bottom"] / height, axes_w / WIDTH_IN, axes_h / height)
-    )
-    end_ms = float(timeline["end_seconds"].max()) * 1e3
-    ax.set_xlim(0, end_ms * 1.01)
-    # Stage 0 on top; the room above it holds the step brackets.
-    ax.set_ylim(k - 0.5, -0.5 - margins["steps"] / LANE_IN)
-    _draw_lanes(ax, timeline, k, axes_w * 72 / (end_ms * 1.01))
-    _draw_steps(ax, timeline)
-    ax.set_yticks(range(k))
-    ax.set_yticklabels([f"stage {s}\nidle {idle.per_stage[s]:.2f}" for s in range(k)])
-    ax.tick_params(axis="y", length=0)
-    ax.spines["left"].set_visible(False)
-    ax.set_xlabel("Time since the start of the recorded window (ms)", loc="left")
+    steps = timeline.groupby("step", sort=True)
+    axes, width_in = _step_axes(fig, steps.ngroups, k, height)
+    for ax, (step, passes) in zip(axes, steps):
+        _draw_step(ax, passes, int(step), k, width_in)
+    axes[0].set_yticks(range(k))
+    axes[0].set_yticklabels([f"stage {s}\nidle {idle.per_stage[s]:.2f}" for s in range(k)])
+    axes[0].set_xlabel("Time since the step's first pass started (ms)", loc="left")
     top = 1 - 0.08 / height
     fig.text(
         margins["left"] / WIDTH_IN,
