@@ -10,7 +10,11 @@ from snakemake.exceptions import WorkflowError
 # Scripts run from the checkout (not a copy) so that they can import their package.
 SCRIPTS_DIR = Path(workflow.basedir, "workflow", "scripts")
 sys.path.insert(0, str(SCRIPTS_DIR))
-from fmnist.cluster.slurm_plugin import normalise_job_states
+from fmnist.cluster.slurm_plugin import (
+    identity_message,
+    normalise_job_states,
+    unset_identity_variables,
+)
 from fmnist.config import stages  # no torch: planning stays fast
 from fmnist.config.settings import SettingError, command_line
 from fmnist.config.sweep import configured_runs
@@ -21,7 +25,15 @@ TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
 
 
 # A cancelled job ("CANCELLED by <uid>" in sacct) must end the wait (fmnist/cluster/slurm_plugin.py).
-normalise_job_states()
+if normalise_job_states():  # jobs go to SLURM: the profile's account must be set
+    UNSET = unset_identity_variables(
+        {
+            name: getattr(resource, "raw", resource)
+            for name, resource in workflow.resource_settings._parsed_default_resources.items()
+        }
+    )
+    if UNSET:
+        raise WorkflowError(identity_message(UNSET))
 try:
     RUNS = configured_runs(config)
 except SettingError as err:

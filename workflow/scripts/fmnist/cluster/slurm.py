@@ -48,7 +48,8 @@ def slurm_job() -> dict | None:
         "cluster": os.environ.get("SLURM_CLUSTER_NAME"),
         "partition": os.environ.get("SLURM_JOB_PARTITION"),
         "node": os.environ.get("SLURMD_NODENAME"),
-        "account": os.environ.get("SLURM_JOB_ACCOUNT"),
+        # Not always in the job's environment (Snakemake's job step drops SLURM_* there).
+        "account": os.environ.get("SLURM_JOB_ACCOUNT") or squeue_field(job_id(), "%a"),
         "gpus": os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_GPUS"),
         # A sweep submitted as a job array: its array job and this run's task in it.
         "array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
