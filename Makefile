@@ -36,10 +36,15 @@ benchmark: setup
 
 # Two workers (pytest-xdist): the SLURM tests, which mostly wait on the test cluster, run in
 # one while the other trains; a file's tests, and the shared workflow's, stay together
-# (xdist_group in tests/conftest.py).
+# (xdist_group in tests/conftest.py). The test cluster is stopped again afterwards if this
+# run started it; one that was already up is left up.
+PYTEST ?= pytest -n 2
 test: setup
-	bash tests/slurm/start_cluster.sh
-	pytest -n 2 $(ARGS)
+	@if bash tests/slurm/start_cluster.sh --is-running; then started=; else started=yes; fi; \
+	bash tests/slurm/start_cluster.sh || exit $$?; \
+	status=0; $(PYTEST) $(ARGS) || status=$$?; \
+	if [ -n "$$started" ]; then bash tests/slurm/stop_cluster.sh; fi; \
+	exit $$status
 
 lint: setup
 	snakemake --lint

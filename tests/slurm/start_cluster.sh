@@ -7,6 +7,7 @@
 # a system SLURM on the same machine is not disturbed.
 #
 #   tests/slurm/start_cluster.sh   # idempotent; a rerun confirms in <1 s
+#   tests/slurm/start_cluster.sh --is-running  # exit 0 if all its daemons run (starts nothing)
 #   tests/slurm/stop_cluster.sh    # stop its daemons again (same environment)
 #
 # The LAST LINE of stdout is the SLURM_CONF path of the test cluster; every
@@ -577,6 +578,10 @@ ready_lines() {
 }
 
 main() {
+    if [[ ${1:-} == --is-running ]]; then
+        have_binaries && all_running
+        return
+    fi
     check_settings
 
     # Fast path: nothing to do if all daemons run with the current config and

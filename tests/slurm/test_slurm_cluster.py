@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -299,3 +300,30 @@ def test_stop_signals_only_daemons_started_for_its_state_folder(slurm_cluster, s
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# --------------------------------------------------------------------------- make test
+
+
+def make_test(env: dict, pytest_command: str) -> subprocess.CompletedProcess:
+    """`make test` with ``pytest_command`` in place of the suite (the set-up left out)."""
+    command = ["make", "-o", "setup", "test", f"PYTEST={pytest_command}", f"VENV={sys.prefix}"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_make_test_stops_the_cluster_it_started_and_only_that(slurm_cluster, state_dir):
+    """A cluster `make test` started is stopped after the suite, whatever the suite's
+    outcome (passed on as make's); the session's cluster, already up, is left up."""
+    env = cluster_env(state_dir, free_ports(3))
+    result = make_test(env, "false")
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "slurm test cluster ready" in result.stdout
+    assert "test cluster stopped" in result.stderr
+    assert not set(processes_naming(str(state_dir)).values()) & DAEMONS
+
+    state = Path(slurm_cluster).parent.parent
+    pids = {p.name: p.read_text() for p in (state / "run").glob("*/*.pid")}
+    result = make_test(dict(os.environ), "true")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {p.name: p.read_text() for p in (state / "run").glob("*/*.pid")} == pids
+    assert all(Path(f"/proc/{pid.strip()}").exists() for pid in pids.values())
