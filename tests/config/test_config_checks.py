@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fmnist.config.checks import validate_config
 from fmnist.config.settings import SettingError, command_line
 from fmnist.config.sweep import configured_runs
 from helpers import REPO_ROOT, copy_workflow, merge, run_snakemake
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 CONFIG = REPO_ROOT / "config" / "config.yaml"
 SCHEMA = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -29,7 +29,7 @@ def configured(overlay: dict) -> dict[str, dict]:
     """The runs of config.yaml with ``overlay`` (as YAML reads it) merged over it, checked
     as the Snakefile checks it."""
     config = merge(yaml.safe_load(CONFIG.read_text()), yaml.safe_load(yaml.safe_dump(overlay)))
-    validate(config, str(SCHEMA))
+    validate_config(config, str(SCHEMA))
     return configured_runs(config)
 
 
@@ -75,6 +75,25 @@ BAD_CONFIGS = {
     "lr-not-a-number": (
         {"train": {"lr": "fast"}},
         ["'fast' is not of type 'number'", "instance['train']['lr']"],
+    ),
+    "lr-written-as-yaml-text": (
+        {"train": {"lr": "1e-3"}},  # dumped as 1e-3, which YAML 1.1 reads as text
+        [
+            "'1e-3' is not of type 'number'",
+            "config key train.lr: '1e-3' is text to YAML, not a number",
+            "write 0.001",
+        ],
+    ),
+    "process-group-timeout-that-overflows": (
+        {"resources": {"train_model_parallel": {"process_group_timeout": 10**15}}},
+        ["1000000000000000 is greater than the maximum of 604800"],
+    ),
+    "signal-seconds-shorter-than-a-checkpoint": (
+        {"train": {"hidden_sizes": [8192, 8192, 8192, 8192]}},
+        [
+            "run base: resources.train_model_parallel.signal_seconds (90) is too short",
+            "at least 280",
+        ],
     ),
     "epochs-zero": (
         {"train": {"epochs": 0}},

@@ -17,8 +17,6 @@ file already present with the right MD5 was not fetched again. Nothing here need
 
 from __future__ import annotations
 
-from helpers import md5_of
-import hashlib
 import os
 import shutil
 import socket
@@ -31,6 +29,7 @@ from pathlib import Path
 import pytest
 from fmnist.config import settings
 from fmnist.data import download, idx, synthetic
+from helpers import md5_of
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "workflow" / "scripts"

@@ -16,6 +16,7 @@ from fmnist.cluster.slurm_plugin import (
     unset_identity_variables,
 )
 from fmnist.config import stages  # no torch: planning stays fast
+from fmnist.config.checks import validate_config
 from fmnist.config.settings import SettingError, command_line
 from fmnist.config.sweep import configured_runs
 from fmnist.data import idx
@@ -34,6 +35,7 @@ if normalise_job_states():  # jobs go to SLURM: the profile's account must be se
     )
     if UNSET:
         raise WorkflowError(identity_message(UNSET))
+validate_config(config, str(Path(workflow.basedir, "workflow/schemas/config.schema.yaml")))
 try:
     RUNS = configured_runs(config)
 except SettingError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import urllib.parse
 import urllib.request
 
@@ -168,6 +169,26 @@ def check_values(value, key: str = "") -> None:
 
 INTEGER_KEYS = settings.integer_keys()
 
+YAML_TEXT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+"""A number YAML 1.1 (PyYAML, Snakemake's reader) reads as text: 1e-3, 1.0e3, 5E-4."""
+
+
+def numbers_read_as_text(value, key: str = "") -> list[str]:
+    """Each config value that reads as text but was written as a number, with the fix."""
+    if isinstance(value, dict):
+        return [
+            m for k, v in value.items() for m in numbers_read_as_text(v, f"{key}.{k}" if key else k)
+        ]
+    if isinstance(value, list):
+        return [m for item in value for m in numbers_read_as_text(item, key)]
+    if isinstance(value, str) and YAML_TEXT_NUMBER.fullmatch(value):
+        return [
+            f"config key {key}: {value!r} is text to YAML, not a number (YAML 1.1 reads an "
+            f"exponent as a number only with a dot and a sign, as in 1.0e-3); write "
+            f"{float(value)!r}"
+        ]
+    return []
+
 
 def check_time_limit(resources: dict) -> None:
     """Refuse a time limit that leaves a job no time to train before it must leave."""
@@ -195,3 +216,19 @@ def check_data_dir(data: dict) -> None:
                 f"({mirror}): downloading would overwrite and, on a rerun, delete the "
                 "mirror's files. Point data.dir at another folder; it is filled from the mirror."
             )
+
+
+def validate_config(config: dict, schema: str) -> None:
+    """Snakemake's validation against the schema (it fills in the defaults), its error
+    followed by the fix for each number YAML read as text ("'1e-3' is not of type
+    'number'" alone puzzles)."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, schema)
+    except WorkflowError as err:
+        hints = numbers_read_as_text(config)
+        if not hints:
+            raise
+        raise WorkflowError("\n".join([str(err), *hints])) from None

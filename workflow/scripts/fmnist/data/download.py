@@ -17,8 +17,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from fmnist.rundir.files import atomic_write_text
 from fmnist.data.idx import FILE_NAMES, MANIFEST, md5_file_text, md5sum
+from fmnist.rundir.files import atomic_write_text
 
 CHUNK = 1 << 20
 OFFLINE_HINT = (

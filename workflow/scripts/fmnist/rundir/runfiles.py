@@ -262,6 +262,13 @@ def read_record(path: Path) -> dict:
         raise RunFileError(f"{path}: cannot read JSON: {err}") from err
     if not isinstance(record, dict):
         raise RunFileError(f"{path}: expected a JSON object")
+    expected = load_schema("run")["properties"]["format"]["const"]
+    if record.get("format") != expected:
+        raise RunFileError(
+            f"{path}: format {record.get('format')!r}, written by another version of this "
+            f"workflow (this one reads format {expected}): gather it with the version that "
+            "wrote it, or train the run again"
+        )
     check_record(record, path)
     return record
 
