@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.config.settings import defaults
 from fmnist.report import htmltables as h
 from fmnist.report import paper, statement
@@ -229,6 +230,8 @@ def render_pages(tables: dict[str, pd.DataFrame], synthetic: bool) -> dict[str, 
     }
     grouped = by_run(tables)
     for run_id in tables["runs"]["run_id"].astype(str):
+        if not is_run_id(run_id):  # it names a file: never a path out of run_pages/
+            raise ValueError(f"runs.csv: run_id {run_id!r} is not a run id ({RUN_ID_RULE})")
         texts[f"{RUN_PAGES}/{run_id}.html"] = run_page(run_id, grouped)
     return texts
 
