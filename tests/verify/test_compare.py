@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -323,7 +324,10 @@ def test_the_sentence_says_which_runs_were_exact_and_which_differ_as_expected():
         {
             "run": ["a", "b"],
             "identical": ["yes", "no"],
-            "verdict": ["reproduced (bit-identical)", "reproduced within tolerance (threads differ)"],
+            "verdict": [
+                "reproduced (bit-identical)",
+                "reproduced within tolerance (threads differ)",
+            ],
             "passed": ["yes", "yes"],
         }
     )
@@ -488,3 +492,55 @@ def test_cli_accept_unverifiable(tmp_path):
     accepted = run_cli("check", out / "reproduction.csv")
     assert accepted.returncode == 0, accepted.stderr
     assert "Verification accepted, not all verified" in accepted.stdout
+
+
+# --------------------------------------------------------------------------- the plan's inputs
+
+
+@pytest.mark.parametrize("name", ["r$(touch PWNED2)", "x;touch PWNED;y", "-rf", ".hidden"])
+def test_a_source_folder_that_is_not_a_run_id_is_refused(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    write_run_folder(tmp_path / "their", "base", ROWS, PARAMS)
+    os.rename(tmp_path / "their/base", tmp_path / "their" / name)
+    with pytest.raises(PlanError, match=rf"run folder {re.escape(repr(name))} is not a run id"):
+        plan("all", "their").runs()
+
+
+def test_a_verify_runs_entry_that_is_not_a_run_id_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PlanError, match=r"verify.runs: '\.\./x': not letters"):
+        plan(["../x"]).runs()
+
+
+def test_a_symbolic_link_to_the_workflows_results_is_refused(tmp_path, monkeypatch):
+    """A source that is a link to results/verify would compare each rerun with itself."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results/verify/base").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "results/verify")
+    with pytest.raises(PlanError, match="verify.source link: overlaps results/verify"):
+        plan(source="link").runs()
+
+
+def test_a_run_folder_linking_out_of_the_source_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    elsewhere = write_run_folder(tmp_path / "results/verify", "base", ROWS, PARAMS)
+    (tmp_path / "their").mkdir()
+    (tmp_path / "their/base").symlink_to(elsewhere)
+    with pytest.raises(PlanError, match=r"their/base is a symbolic link to .*results/verify/base"):
+        plan("all", "their").runs()
+    (tmp_path / "their/base").unlink()
+    copy = write_run_folder(tmp_path / "their", "base", ROWS, PARAMS)
+    (copy / runfiles.EPOCHS_FILE).unlink()
+    (copy / runfiles.EPOCHS_FILE).symlink_to(elsewhere / runfiles.EPOCHS_FILE)
+    with pytest.raises(PlanError, match="epochs.csv is a symbolic link"):
+        plan("all", "their").runs()
+
+
+def test_a_run_id_in_run_json_that_is_a_path_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = write_run_folder(tmp_path / "their", "base", ROWS, PARAMS)
+    record = json.loads((folder / "run.json").read_text())
+    record["run_id"] = "../../../OVERWRITE"
+    (folder / "run.json").write_text(json.dumps(record))
+    with pytest.raises(PlanError, match=r"run.json: key run_id: '\.\./\.\./\.\./OVERWRITE'"):
+        plan("all", "their").options("base")

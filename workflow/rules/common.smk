@@ -16,6 +16,7 @@ from fmnist.config.settings import SettingError, command_line
 from fmnist.config.sweep import configured_runs
 from fmnist.data import idx
 from fmnist.verify import results_config
+from fmnist.verify.plan import PlanError
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
@@ -83,7 +84,8 @@ def refuse_other_results(what):
 
 def refuse_other_results_when_shown(wildcards):
     """For the default target: refuse another configuration's results when they are shown
-    (--report, --dag: Snakemake then has no execution settings), not when they are made."""
+    (--report, --dag: Snakemake then has no execution settings), not when they are made.
+    """
     if workflow.execution_settings is None:
         return refuse_other_results("build the report")(wildcards)
     return []
@@ -205,3 +207,25 @@ def train_scheduler_resources(params_of):
 
 def run_outputs(name):
     return expand("results/runs/{run}/{file}", run=RUNS, file=[name])
+
+
+def planned(function):
+    """An input or params function of the plan whose PlanError (a verify: setting or a
+    source folder at fault) ends Snakemake with its message alone, before any job."""
+
+    def planned_function(wildcards):
+        try:
+            return function(wildcards)
+        except PlanError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    return planned_function
+
+
+def verify_inputs(wildcards):
+    """The target's input, once the plan and results/ are known to fit this config: own
+    runs are only verified under the configuration that made them."""
+    if VERIFY.local:
+        refuse_other_results("verify the runs")(wildcards)
+    VERIFY.runs()
+    return [REPRODUCTION]

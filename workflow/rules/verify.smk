@@ -1,34 +1,12 @@
 # `snakemake verify`: rerun chosen runs from scratch and compare them with the originals,
 # byte for byte (config verify:, fmnist/verify/plan.py and fmnist/verify/compare.py).
 from fmnist.rundir.files import atomic_write_text
-from fmnist.verify.plan import REPRODUCTION, PlanError, VerifyPlan
+from fmnist.verify.plan import REPRODUCTION, VerifyPlan
 
 VERIFY = VerifyPlan(
     config["verify"]["runs"], config["verify"]["source"], RUNS, sorted(config["sweep"])
 )
 VERIFY_OUTPUTS = [REPRODUCTION, "results/verify/reproduction.html"]
-
-
-def planned(function):
-    """An input or params function of the plan whose PlanError (a verify: setting or a
-    source folder at fault) ends Snakemake with its message alone, before any job."""
-
-    def planned_function(wildcards):
-        try:
-            return function(wildcards)
-        except PlanError as err:
-            raise SystemExit(f"error: {err}") from None
-
-    return planned_function
-
-
-def verify_inputs(wildcards):
-    """The target's input, once the plan and results/ are known to fit this config: own
-    runs are only verified under the configuration that made them."""
-    if VERIFY.local:
-        refuse_other_results("verify the runs")(wildcards)
-    VERIFY.runs()
-    return [REPRODUCTION]
 
 
 localrules:
@@ -88,7 +66,9 @@ rule compare_reproduction:
         script=script_path("verify.py"),
         pairs=planned(lambda wildcards: VERIFY.pairs()),
         out_dir=lambda wildcards, output: Path(output.table).parent,
-        accept="--accept-unverifiable" if config["verify"]["accept_unverifiable"] else "",
+        accept=(
+            "--accept-unverifiable" if config["verify"]["accept_unverifiable"] else ""
+        ),
     shell:
         "python {params.script:q} compare {params.pairs} --out-dir {params.out_dir:q}"
         " {params.accept} > {log:q} 2>&1"
@@ -118,10 +98,10 @@ rule record_results_config:
     log:
         "results/logs/record_results_config.log",
     params:
+        # Not the options: equivalent ones (another overlay, same results) rerun nothing.
         fingerprint=RESULTS_FINGERPRINT,
-        options=CONFIG_OPTIONS,
     run:
         atomic_write_text(
             Path(output[0]),
-            results_config.stamp_text(params.fingerprint, params.options),
+            results_config.stamp_text(params.fingerprint, CONFIG_OPTIONS),
         )
