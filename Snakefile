@@ -34,3 +34,6 @@ rule all:
         PIPELINE_FIGURES,
         # Once `snakemake verify` has run, kept up to date and shown in the report.
         VERIFY.kept_up_to_date(VERIFY_OUTPUTS),
+        # Which configuration results/ holds; the report refuses to show it under another.
+        results_config.RESULTS_CONFIG,
+        refuse_other_results_when_shown,

@@ -366,8 +366,9 @@ def test_default_config_dry_run(dry_runs):
         "render_report_pages": 1,
         "plot_training_curves": 1,
         "plot_pipeline_timeline": 1,
+        "record_results_config": 1,
         "all": 1,
-        "total": 7,
+        "total": 8,
     }
     command = train_commands(output)["base"]
     for option in (

@@ -468,6 +468,7 @@ def test_run_json_provenance(runs, synthetic_data):
     )
     assert info["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert isinstance(info["git"]["dirty"], bool) or info["git"]["commit"] is None
+    assert info["git"]["code_digest"] == checkpoint.code_digest()  # what verify compares
     (attempt,) = info["attempts"]
     assert attempt["start_epoch"] == 1 and "stopped" not in attempt
     assert attempt["versions"]["torch"] == torch.__version__

@@ -76,7 +76,11 @@ def test_verify_passes_for_unchanged_runs(verified):
     rows = verdicts(workdir)
     assert [r["run"] for r in rows] == SHARED_VERIFIED
     for row in rows:
-        assert (row["verdict"], row["identical"], row["passed"]) == ("reproduced", "yes", "yes")
+        assert (row["verdict"], row["identical"], row["passed"]) == (
+            "reproduced (bit-identical)",
+            "yes",
+            "yes",
+        )
         assert row["epochs_compared"] == "2" and row["original"] == f"results/runs/{row['run']}"
     assert f"Verification passed: 2 of 2 run(s) ({', '.join(SHARED_VERIFIED)})" in result.stdout
     assert (workdir / f"results/verify/{RUN}/model.pt").is_file()
@@ -115,7 +119,7 @@ def test_a_metric_one_ulp_off_is_not_reproduced(workflow_copy):
     result = verify(workdir, elsewhere(workdir, "ulp", one_ulp))
     assert result.returncode != 0, output_of(result)
     assert "rule verify_training" not in result.stderr  # the rerun does not depend on it
-    assert f"1 run(s) not reproduced: {RUN}" in result.stderr
+    assert f"1 run(s) not confirmed: {RUN}" in result.stderr
     (row,) = verdicts(workdir)
     assert (row["verdict"], row["passed"], row["differing"]) == (
         "not reproduced",
@@ -142,7 +146,7 @@ def test_altered_weights_are_not_reproduced(workflow_copy):
     assert float(row["weights_max_abs_diff"]) > 0
 
 
-def test_a_changed_thread_count_is_expected_to_differ(workflow_copy):
+def test_a_changed_thread_count_within_rounding_is_reproduced_within_tolerance(workflow_copy):
     workdir = workflow_copy
 
     def other_threads(folder):
@@ -158,7 +162,10 @@ def test_a_changed_thread_count_is_expected_to_differ(workflow_copy):
     result = verify(workdir, elsewhere(workdir, "threads", other_threads))
     assert result.returncode == 0, output_of(result)
     (row,) = verdicts(workdir)
-    assert (row["verdict"], row["passed"]) == ("expected to differ: threads", "yes")
+    assert (row["verdict"], row["passed"]) == (
+        "reproduced within tolerance (threads differ)",
+        "yes",
+    )
     assert row["provenance_differences"] == "threads: 2 → 1"
 
 
@@ -179,3 +186,30 @@ def test_under_the_slurm_profile_the_rerun_is_a_slurm_job_like_any_other(tmp_pat
         "gpu=2" in resources["verify_training"]
         and "slurm_account=acct" in resources["verify_training"]
     )
+
+
+def test_results_of_another_config_are_neither_reported_nor_verified(workflow_copy):
+    """After the shared sweep (--configfile overlay.yaml), the defaults' report and verify
+    refuse, naming the --configfile to repeat, before any job; repeated, the report builds."""
+    for args in (["--report", "results/other.html"], ["verify", "--cores", "2"]):
+        refused = run_snakemake(workflow_copy, *args)
+        assert refused.returncode == 1, output_of(refused)
+        assert "Traceback" not in refused.stderr
+        assert "results/ holds the results of another configuration" in refused.stderr
+        assert "repeat `--configfile overlay.yaml`" in refused.stderr
+        assert "rule " not in refused.stderr  # no job started
+    assert not (workflow_copy / "results/other.html").exists()
+
+
+def test_a_run_folder_named_like_a_command_is_refused_before_any_job(workflow_copy):
+    workdir = workflow_copy
+    source = workdir / "c/runs"
+    shutil.copytree(workdir / f"results/runs/{RUN}", source / "r$(touch PWNED2)")
+    (workdir / "atk.yaml").write_text(
+        yaml.safe_dump({"verify": {"source": "c/runs", "runs": "all"}})
+    )
+    result = verify(workdir, "atk.yaml")
+    assert result.returncode == 1, output_of(result)
+    assert "run folder 'r$(touch PWNED2)' is not a run id" in result.stderr
+    assert "Traceback" not in result.stderr and "rule " not in result.stderr
+    assert not (workdir / "PWNED2").exists()

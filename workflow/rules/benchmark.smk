@@ -31,8 +31,8 @@ rule benchmark_step:
         repetitions=BENCHMARK["repetitions"],
         train_size=BENCHMARK["train_size"],
     shell:
-        "python {params.script:q} --devices {params.devices} --threads {params.threads}"
-        " --repetitions {params.repetitions} --train-size {params.train_size}"
+        "python {params.script:q} --devices {params.devices:q} --threads {params.threads:q}"
+        " --repetitions {params.repetitions:q} --train-size {params.train_size:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -54,7 +54,7 @@ rule benchmark_pipeline:
         models=BENCHMARK["pipeline_models"],
         repetitions=BENCHMARK["repetitions"],
     shell:
-        "python {params.script:q} --models {params.models} --repetitions {params.repetitions}"
+        "python {params.script:q} --models {params.models:q} --repetitions {params.repetitions:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -20,6 +20,8 @@ from fmnist.config.checks import validate_config
 from fmnist.config.settings import SettingError, command_line
 from fmnist.config.sweep import configured_runs
 from fmnist.data import idx
+from fmnist.verify import results_config
+from fmnist.verify.plan import PlanError
 
 SYNTHETIC_MIRROR = "resources/synthetic_fashion_mnist_mirror"
 TRAIN_RESOURCES = config["resources"]["train_model_parallel"]
@@ -59,10 +61,48 @@ def data_manifest():
     with the same bytes retrains nothing, while other data make a new manifest name and so
     retrain every run. Checksums decide, not timestamps.
     """
+    identity = json.dumps(data_identity(), sort_keys=True).encode()
+    return f"{config['data']['dir']}/{idx.MANIFEST}.{hashlib.sha256(identity).hexdigest()[:12]}"
+
+
+def data_identity():
+    """What the data are: their expected sums, or the synthetic data's settings."""
     data = config["data"]
-    identity = data["synthetic"] if data["synthetic"] is not None else data["md5"]
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"{data['dir']}/{idx.MANIFEST}.{digest[:12]}"
+    return data["synthetic"] if data["synthetic"] is not None else data["md5"]
+
+
+# Which configuration results/ holds (results/config.json, written by the default target):
+# the report and `snakemake verify` refuse to show another's under this one's name.
+RESULTS_FINGERPRINT = results_config.fingerprint(
+    RUNS, data_identity(), TRAIN_RESOURCES["cpus_per_task"]
+)
+CONFIG_OPTIONS = results_config.config_options(
+    workflow.config_settings.configfiles, workflow.config_settings.config_args
+)
+
+
+def refuse_other_results(what):
+    """An input function that ends Snakemake, naming the --configfile to repeat, when
+    results/ holds another configuration's results; ``what``: what was asked."""
+
+    def check(wildcards):
+        problem = results_config.mismatch(RESULTS_FINGERPRINT, CONFIG_OPTIONS, what)
+        if problem:
+            # Snakemake prints an input function's exception with a traceback; SystemExit
+            # ends it with the message alone (and leaves no lock behind).
+            raise SystemExit(f"error: {problem}")
+        return []
+
+    return check
+
+
+def refuse_other_results_when_shown(wildcards):
+    """For the default target: refuse another configuration's results when they are shown
+    (--report, --dag: Snakemake then has no execution settings), not when they are made.
+    """
+    if workflow.execution_settings is None:
+        return refuse_other_results("build the report")(wildcards)
+    return []
 
 
 def synthetic_mirror_files():
@@ -77,9 +117,10 @@ def download_arguments(wildcards, input):
         return f"--mirror {SYNTHETIC_MIRROR} --md5-file {SYNTHETIC_MIRROR}/MD5SUMS"
     mirrors = " ".join(f"--mirror {shlex.quote(m)}" for m in config["data"]["mirrors"])
     sums = " ".join(
-        f"--md5 {name}={value}" for name, value in config["data"]["md5"].items()
+        f"--md5 {shlex.quote(f'{name}={value}')}"
+        for name, value in config["data"]["md5"].items()
     )
-    return f"{mirrors} {sums} --timeout {config['data']['timeout_seconds']}"
+    return f"{mirrors} {sums} --timeout {shlex.quote(str(config['data']['timeout_seconds']))}"
 
 
 def train_arguments(wildcards):
@@ -96,7 +137,7 @@ def run_params(wildcards):
 
 def verify_params(wildcards):
     """The settings the rerun of a run is trained with (its original's; verify.smk)."""
-    return VERIFY.settings_of(wildcards.run)[0]
+    return planned(lambda wildcards: VERIFY.settings_of(wildcards.run)[0])(wildcards)
 
 
 def stage_tasks(params):
@@ -186,3 +227,25 @@ def train_scheduler_resources(params_of):
 
 def run_outputs(name):
     return expand("results/runs/{run}/{file}", run=RUNS, file=[name])
+
+
+def planned(function):
+    """An input or params function of the plan whose PlanError (a verify: setting or a
+    source folder at fault) ends Snakemake with its message alone, before any job."""
+
+    def planned_function(wildcards):
+        try:
+            return function(wildcards)
+        except PlanError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    return planned_function
+
+
+def verify_inputs(wildcards):
+    """The target's input, once the plan and results/ are known to fit this config: own
+    runs are only verified under the configuration that made them."""
+    if VERIFY.local:
+        refuse_other_results("verify the runs")(wildcards)
+    VERIFY.runs()
+    return [REPRODUCTION]

@@ -29,8 +29,8 @@ rule make_synthetic_fashion_mnist:
         seed=lambda wildcards: config["data"]["synthetic"]["seed"],
     shell:
         "python {params.script:q} --out-dir {params.out_dir:q}"
-        " --train-size {params.train_size} --test-size {params.test_size}"
-        " --seed {params.seed} > {log:q} 2>&1"
+        " --train-size {params.train_size:q} --test-size {params.test_size:q}"
+        " --seed {params.seed:q} > {log:q} 2>&1"
 
 
 # A local rule: on a cluster it runs on the login node, which has internet.

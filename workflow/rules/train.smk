@@ -17,6 +17,7 @@ rule train_model_parallel:
     threads: train_threads(run_params)
     resources:
         **train_scheduler_resources(run_params),
+    # Every word quoted: {params.options} and {params.launch} are shlex.join'ed already.
     params:
         script=script_path("train.py"),
         data_dir=lambda wildcards, input: Path(input.manifest).parent,
@@ -26,8 +27,8 @@ rule train_model_parallel:
         launch=launch_arguments(run_params),
     shell:
         "python {params.script:q} --data-dir {params.data_dir:q} --md5-file {input.manifest:q}"
-        " --out-dir {params.out_dir:q} {params.options} --threads {params.process_threads}"
+        " --out-dir {params.out_dir:q} {params.options} --threads {params.process_threads:q}"
         " {params.launch}"
-        " --signal-seconds {resources.signal_seconds}"
-        " --failure-requeues {resources.failure_retries}"
+        " --signal-seconds {resources.signal_seconds:q}"
+        " --failure-requeues {resources.failure_retries:q}"
         " > {log:q} 2>&1"

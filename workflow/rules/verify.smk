@@ -1,5 +1,6 @@
 # `snakemake verify`: rerun chosen runs from scratch and compare them with the originals,
-# byte for byte (config verify:, fmnist/verify_plan.py and fmnist/verify.py).
+# byte for byte (config verify:, fmnist/verify/plan.py and fmnist/verify/compare.py).
+from fmnist.rundir.files import atomic_write_text
 from fmnist.verify.plan import REPRODUCTION, VerifyPlan
 
 VERIFY = VerifyPlan(
@@ -11,6 +12,7 @@ VERIFY_OUTPUTS = [REPRODUCTION, "results/verify/reproduction.html"]
 localrules:
     compare_reproduction,
     verify,
+    record_results_config,
 
 
 # The training rule itself, its resources and command (a SLURM job like any other), with
@@ -28,7 +30,7 @@ use rule train_model_parallel as verify_training with:
     resources:
         **train_scheduler_resources(verify_params),
     params:
-        options=lambda wildcards: VERIFY.options(wildcards.run),
+        options=planned(lambda wildcards: VERIFY.options(wildcards.run)),
         process_threads=process_threads(verify_params),
         launch=launch_arguments(verify_params),
 
@@ -36,8 +38,8 @@ use rule train_model_parallel as verify_training with:
 # Imports torch, to read model.pt (every tensor is compared byte for byte).
 rule compare_reproduction:
     input:
-        original=lambda wildcards: VERIFY.original_files(),
-        rerun=lambda wildcards: VERIFY.rerun_files(),
+        original=planned(lambda wildcards: VERIFY.original_files()),
+        rerun=planned(lambda wildcards: VERIFY.rerun_files()),
     output:
         table=report(
             REPRODUCTION,
@@ -62,17 +64,20 @@ rule compare_reproduction:
         runtime=10,
     params:
         script=script_path("verify.py"),
-        pairs=lambda wildcards: VERIFY.pairs(),
+        pairs=planned(lambda wildcards: VERIFY.pairs()),
         out_dir=lambda wildcards, output: Path(output.table).parent,
+        accept=(
+            "--accept-unverifiable" if config["verify"]["accept_unverifiable"] else ""
+        ),
     shell:
         "python {params.script:q} compare {params.pairs} --out-dir {params.out_dir:q}"
-        " > {log:q} 2>&1"
+        " {params.accept} > {log:q} 2>&1"
 
 
-# The target: fails (non-zero exit) when a run was not reproduced, naming it.
+# The target: fails (non-zero exit) when a run was not confirmed, naming it.
 rule verify:
     input:
-        REPRODUCTION,
+        planned(verify_inputs),
     log:
         "results/logs/verify.log",
     conda:
@@ -81,3 +86,22 @@ rule verify:
         script=script_path("verify.py"),
     shell:
         "python {params.script:q} check {input:q} 2>&1 | tee {log:q}"
+
+
+# Which configuration results/ holds (fmnist/verify/results_config.py): written by the
+# default target once the runs are gathered, rewritten when that configuration changes.
+rule record_results_config:
+    input:
+        "results/tables/runs.csv",
+    output:
+        results_config.RESULTS_CONFIG,
+    log:
+        "results/logs/record_results_config.log",
+    params:
+        # Not the options: equivalent ones (another overlay, same results) rerun nothing.
+        fingerprint=RESULTS_FINGERPRINT,
+    run:
+        atomic_write_text(
+            Path(output[0]),
+            results_config.stamp_text(params.fingerprint, CONFIG_OPTIONS),
+        )

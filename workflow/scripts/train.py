@@ -30,6 +30,7 @@ from pathlib import Path
 from fmnist.cluster.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
 from fmnist.config import settings
 from fmnist.config.checks import check_run_params, stop_grace_seconds, working_memory_mb
+from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.config.stages import stage_count
 from fmnist.console import log, quiet
 from fmnist.data.idx import DataError, IdxFormatError, read_md5_file
@@ -107,6 +108,9 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    run_id = args.run_id or args.out_dir.name  # what run.json will record: checked now
+    if not is_run_id(run_id):
+        parser.error(f"run id {run_id!r} (--run-id, else --out-dir's name): not {RUN_ID_RULE}")
     try:
         params = settings.params_from_args(args)
         check_run_params(params)

@@ -1,14 +1,17 @@
 """Compare runs with their reruns from scratch, and say whether they reproduced
 (the command line of fmnist.verify.compare; `snakemake verify` runs it).
 
-    verify.py compare --pair ORIGINAL RERUN [--pair ...] --out-dir DIR
+    verify.py compare --pair ORIGINAL RERUN [--pair ...] --out-dir DIR [--accept-unverifiable]
         compares each original run folder with its rerun, byte for byte (every metric of
         epochs.csv, times excluded, and every tensor of model.pt) and their run.json, and
         writes DIR/reproduction.csv, DIR/reproduction.html and DIR/verdict.rst (the
-        report's sentence). Exit 0 whatever the verdicts: the table is the result.
+        report's sentence). Exit 0 whatever the verdicts: the table is the result; exit 1
+        naming the file (and whether it is the original's or the rerun's) that cannot be
+        read.
     verify.py check DIR/reproduction.csv
-        prints each run's verdict; exit 1 if any run was not reproduced (or was not
-        comparable), naming it.
+        prints each run's verdict; exit 1 if any run was not reproduced, was not
+        comparable, was incomplete or was unverifiable here (unless compare accepted it),
+        naming it.
 
 `compare` imports torch, only to read model.pt; `check` does not.
 """
@@ -40,14 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="an original run folder and the folder of its rerun (repeatable)",
     )
     compare.add_argument("--out-dir", required=True, type=Path, metavar="DIR")
+    compare.add_argument(
+        "--accept-unverifiable",
+        action="store_true",
+        help="let a run that is unverifiable here pass, said so (verify.accept_unverifiable)",
+    )
     check = commands.add_parser("check", help="exit 1 unless every run reproduced")
     check.add_argument("table", type=Path, help="reproduction.csv written by compare")
     return parser.parse_args(argv)
 
 
-def compare(pairs, out_dir: Path) -> int:
+def compare(pairs, out_dir: Path, accept_unverifiable: bool = False) -> int:
     try:
-        table = verify.reproduction_table(pairs)
+        table = verify.reproduction_table(pairs, accept_unverifiable)
     except RunFileError as err:
         print(f"verify.py: error: {err}", file=sys.stderr)
         return 1
@@ -78,7 +86,7 @@ def check(path: Path) -> int:
     failed = verify.failures(table)
     if len(failed):
         print(
-            f"verify: {len(failed)} run(s) not reproduced: {', '.join(failed['run'])} "
+            f"verify: {len(failed)} run(s) not confirmed: {', '.join(failed['run'])} "
             f"(details: {path}, and the report's Reproduction section)",
             file=sys.stderr,
         )
@@ -89,7 +97,7 @@ def check(path: Path) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "compare":
-        return compare(args.pair, args.out_dir)
+        return compare(args.pair, args.out_dir, args.accept_unverifiable)
     return check(args.table)
 
 

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import re
 
+from fmnist.schemas import load_schema
+
+RUN_ID_PATTERN = load_schema("run")["properties"]["run_id"]["pattern"]
+"""What a run id is (run.schema.yaml states it, so that reading run.json checks it too):
+a plain name, used unquoted as a folder and a file name."""
+RUN_ID_RULE = "letters, digits and . + = _ -, starting with a letter or digit"
+
+
+def is_run_id(name) -> bool:
+    """Whether ``name`` may name a run: never a path, an option or shell syntax."""
+    return isinstance(name, str) and re.search(RUN_ID_PATTERN, name) is not None
+
 
 def format_value(value) -> str:
     """A parameter value as people read it: true/false, lists joined with "+", else str()."""

@@ -14,7 +14,7 @@ from fmnist.config.checks import (
     check_time_limit,
     check_values,
 )
-from fmnist.config.naming import run_id
+from fmnist.config.naming import RUN_ID_RULE, is_run_id, run_id
 from fmnist.config.settings import SettingError
 
 
@@ -27,6 +27,10 @@ def build_runs(train: dict, sweep: dict) -> dict[str, dict]:
     for combination in itertools.product(*(sweep[k] for k in keys)):
         values = dict(zip(keys, combination))
         name = run_id(values)
+        if not is_run_id(name):
+            raise SettingError(
+                f"sweep: values {values} give the run id {name!r}: not {RUN_ID_RULE}"
+            )
         if name in runs:
             raise SettingError(
                 f"sweep: values {values} and {swept[name]} give the same run id {name!r}"

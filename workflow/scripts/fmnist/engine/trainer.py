@@ -27,7 +27,13 @@ from fmnist.console import log
 from fmnist.data.idx import DataError, IdxFormatError, verify_data
 from fmnist.engine import run_record
 from fmnist.engine.batches import BatchMaker, DeviceData, scale_pixels_
-from fmnist.engine.checkpoint import fingerprint, load_checkpoint, save_checkpoint, set_aside
+from fmnist.engine.checkpoint import (
+    code_digest,
+    fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside,
+)
 from fmnist.engine.devices import DeviceError, synchronized_elapsed
 from fmnist.engine.step import make_optimizer
 from fmnist.engine.timeline import window, write_timeline
@@ -251,7 +257,8 @@ class Trainer:
                 "determinism": run_record.determinism(),
                 **self.engine.record_setup(),
             },
-            "git": run_record.git_state(),
+            # What verify compares: a dirty tree (an edited config) is not other code.
+            "git": {**run_record.git_state(), "code_digest": code_digest()},
             "attempts": self.attempts,
         }
 

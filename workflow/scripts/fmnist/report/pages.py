@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.config.settings import defaults
 from fmnist.report import htmltables as h
 from fmnist.report import paper, statement
@@ -250,6 +251,9 @@ def overview(tables: dict[str, pd.DataFrame], said: statement.Statement, synthet
 def render_pages(tables: dict[str, pd.DataFrame], synthetic: bool) -> dict[str, str]:
     """Every page's text by its path relative to the tables' folder: :data:`PAGES`, then
     ``run_pages/{run}.html`` for each run. ``tables``: :data:`TABLES` as their CSV reads."""
+    for run_id in tables["runs"].get("run_id", pd.Series(dtype=str)).astype(str):
+        if not is_run_id(run_id):  # it names a page: never a path out of run_pages/
+            raise ValueError(f"runs.csv: run_id {run_id!r} is not a run id ({RUN_ID_RULE})")
     said = statement.statement(tables["runs"], tables["compute"])
     texts = {
         "summary.html": summary_page(tables["summary"]),

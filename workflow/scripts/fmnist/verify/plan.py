@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist.config import settings
+from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.rundir import runfiles
 
 DEFAULT_SOURCE = "results/runs"
@@ -30,12 +31,18 @@ class PlanError(ValueError):
     """A verify: setting that names no run, or a source folder that cannot be verified."""
 
 
+def _real(path) -> str:
+    """Where a path really is: symbolic links followed, so that a link cannot make the
+    workflow's own folders look like somewhere else."""
+    return os.path.realpath(path)
+
+
 def _same(a, b) -> bool:
-    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+    return _real(a) == _real(b)
 
 
 def _inside(path, folder) -> bool:
-    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    path, folder = _real(path), _real(folder)
     return os.path.commonpath([path, folder]) == folder
 
 
@@ -66,6 +73,22 @@ class VerifyPlan:
         if not Path(self.source).is_dir():
             raise PlanError(f"verify.source {self.source}: no such folder")
 
+    def check_run_folder(self, run: str) -> None:
+        """A run folder of the source: a plain name, and its files inside the source (a
+        symbolic link out of it could lead to this workflow's own results)."""
+        if not is_run_id(run):
+            raise PlanError(
+                f"verify.source {self.source}: run folder {run!r} is not a run id ({RUN_ID_RULE})"
+            )
+        if self.local:
+            return
+        for path in (self.original(run), *(self.original(run) / n for n in RUN_FILES)):
+            if not _inside(path, self.source):
+                raise PlanError(
+                    f"verify.source {self.source}: {path} is a symbolic link to "
+                    f"{_real(path)}, outside the source; copy the run folder instead"
+                )
+
     def available(self) -> list[str]:
         """The run folders that can be verified: the config's runs (and finished ones
         in results/runs), or every folder of the source holding a run.json."""
@@ -76,7 +99,10 @@ class VerifyPlan:
                 p.name for p in Path(self.source).iterdir() if (p / runfiles.RECORD_FILE).is_file()
             )
         order = list(self.config_runs) if self.local else []
-        return [*order, *(name for name in found if name not in order)]
+        available = [*order, *(name for name in found if name not in order)]
+        for run in available:
+            self.check_run_folder(run)
+        return available
 
     def runs(self) -> list[str]:
         """The runs to verify, in order."""
@@ -87,6 +113,9 @@ class VerifyPlan:
             return available[:1]
         if self.runs_setting == "all":
             return available
+        bad = [r for r in self.runs_setting if not is_run_id(r)]
+        if bad:
+            raise PlanError(f"verify.runs: {', '.join(map(repr, bad))}: not {RUN_ID_RULE}")
         unknown = [r for r in self.runs_setting if r not in available]
         if unknown:
             raise PlanError(
