@@ -37,7 +37,9 @@ if normalise_job_states():  # jobs go to SLURM: the profile's account must be se
     )
     if UNSET:
         raise WorkflowError(identity_message(UNSET))
-validate_config(config, str(Path(workflow.basedir, "workflow/schemas/config.schema.yaml")))
+validate_config(
+    config, str(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+)
 try:
     RUNS = configured_runs(config)
 except SettingError as err:
