@@ -81,7 +81,7 @@ def _break(record: dict, how: str) -> dict:
     [
         ("no setup", r"key \(top level\): 'setup' is a required property"),
         ("params not an object", r"key params: 'lr=0.001' is not of type 'object'"),
-        ("old format", r"key format: 2 was expected"),
+        ("old format", r"format 1, written by another version of this workflow \(this one"),
         ("empty", r"key \(top level\): '\w+' is a required property"),
     ],
 )

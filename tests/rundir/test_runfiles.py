@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from fmnist.rundir import runfiles
 from helpers import DEFAULT_SETTINGS, RUN_HEADER, make_record, three_epochs, write_run
@@ -169,15 +167,3 @@ def test_a_folder_without_any_run_file_is_no_run(tmp_path):
         runfiles.read_run_dir(folder)
     assert not isinstance(caught.value, runfiles.IncompleteRunError)
     assert str(caught.value).startswith(f"{folder / 'epochs.csv'}: missing")
-
-
-def test_a_run_json_of_another_format_says_it_comes_from_another_version(tmp_path):
-    folder = write_run(tmp_path, "old", three_epochs(0.8))
-    record = json.loads((folder / "run.json").read_text())
-    (folder / "run.json").write_text(json.dumps({**record, "format": 1}))
-    with pytest.raises(runfiles.RunFileError) as error:
-        runfiles.read_run_dir(folder)
-    assert str(error.value) == (
-        f"{folder / 'run.json'}: format 1, written by another version of this workflow (this "
-        "one reads format 2): gather it with the version that wrote it, or train the run again"
-    )

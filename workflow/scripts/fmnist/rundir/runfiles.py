@@ -263,7 +263,7 @@ def read_record(path: Path) -> dict:
     if not isinstance(record, dict):
         raise RunFileError(f"{path}: expected a JSON object")
     expected = load_schema("run")["properties"]["format"]["const"]
-    if record.get("format") != expected:
+    if "format" in record and record["format"] != expected:
         raise RunFileError(
             f"{path}: format {record.get('format')!r}, written by another version of this "
             f"workflow (this one reads format {expected}): gather it with the version that "
