@@ -359,11 +359,11 @@ def test_a_distributed_run_holds_every_stage_process_threads(tmp_path):
     assert "6 CPU cores per run" in statement.statement(tables.runs, tables.compute).text
 
 
-def killed_run(root, second_start: str, second_end: str, threads=1):
+def killed_run(root, second_start: str, second_end: str, threads=1, **first):
     """A run whose first attempt died in epoch 2 (run.json records no end for it) and whose
     second resumed at epoch 2 (the checkpoint of epoch 1) and finished."""
     attempts = [
-        {"started": "2026-12-01T10:00:00+00:00", "start_epoch": 1},
+        {"started": "2026-12-01T10:00:00+00:00", "start_epoch": 1, **first},
         {"started": second_start, "finished": second_end, "start_epoch": 2},
     ]
     folder = write_run_folder(
@@ -393,6 +393,20 @@ def test_a_killed_attempt_counts_with_the_epochs_it_checkpointed(tmp_path):
     assert run["cpu_hours"] == pytest.approx(2 * 34 / 3600)
     said = statement.statement(tables.runs, tables.compute).text
     assert "The wall time of 1 attempt killed without recording its end is estimated" in said
+
+
+def test_a_killed_attempt_counts_until_its_last_checkpoint_where_recorded(tmp_path):
+    """Training records each checkpoint's time in its attempt: 12.5 s measured, not epoch 1's
+    4 s of training (still a lower bound: the work after it died with the process)."""
+    folder = killed_run(
+        tmp_path,
+        "2026-12-01T10:05:00+00:00",
+        "2026-12-01T10:05:30+00:00",
+        checkpointed="2026-12-01T10:00:12.500000+00:00",
+    )
+    rows = gather_runs([folder], None).compute
+    assert rows["wall_seconds"].tolist() == [12.5, 30.0]
+    assert rows["wall_estimated"].tolist() == [True, False]
 
 
 def test_a_killed_attempt_counts_no_longer_than_until_the_next_started(tmp_path):

@@ -145,6 +145,8 @@ class Trainer:
         self.timeline_rows = list(state["timeline"])
 
     def save_checkpoint(self) -> None:
+        if self.attempts:  # what a killed attempt's compute is measured by
+            self.attempts[-1]["checkpointed"] = run_record.now()
         state = self.state_dict()
         if state is not None:
             save_checkpoint(self.checkpoint_path, state)

@@ -219,11 +219,15 @@ def _row(run: Run, **values) -> dict:
 
 
 def checkpointed_seconds(run: Run, index: int) -> float:
-    """The wall time a killed attempt's checkpoints prove: the training seconds of the epochs
-    it finished (from its start epoch to the one the next attempt resumed at), at most the
-    time until the next attempt started. An estimate: start-up, evaluation and the work after
-    the last checkpoint are left out (and an epoch it resumed mid-way counts whole)."""
+    """The wall time a killed attempt's checkpoints prove: from its start to its last
+    checkpoint where run.json records that; in older records, the training seconds of the
+    epochs it finished (from its start epoch to the one the next attempt resumed at), at most
+    the time until the next attempt started. A lower bound either way: the work after the
+    last checkpoint is lost with it (older records also leave out start-up and evaluation,
+    and count an epoch it resumed mid-way whole)."""
     attempt, following = run.record["attempts"][index : index + 2]
+    if "checkpointed" in attempt:  # measured: from its start to its last checkpoint
+        return (parse_iso(attempt["checkpointed"]) - parse_iso(attempt["started"])).total_seconds()
     first, resumed_at = attempt["start_epoch"], following["start_epoch"]
     seconds = sum(
         float(s)
