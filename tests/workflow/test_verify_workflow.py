@@ -146,7 +146,26 @@ def test_altered_weights_are_not_reproduced(workflow_copy):
     assert float(row["weights_max_abs_diff"]) > 0
 
 
+def test_the_rerun_asks_for_the_original_s_thread_count(workflow_copy):
+    """A colleague's run trained with 2 threads per process is retrained with 2 here (the
+    thread count shapes how CPU matmuls sum), whatever cpus_per_task says."""
+    workdir = workflow_copy
+
+    def two_threads(folder):
+        record = json.loads((folder / "run.json").read_text())
+        record["setup"]["threads"] = 2
+        (folder / "run.json").write_text(json.dumps(record, indent=2))
+
+    overlay = elsewhere(workdir, "threads", two_threads)
+    result = verify(workdir, overlay, "-n", "-p", "--forcerun", "verify_training")
+    assert result.returncode == 0, output_of(result)
+    commands = [line for line in result.stdout.splitlines() if "--out-dir results/verify/" in line]
+    assert commands and all(" --threads 2 " in command for command in commands), commands
+
+
 def test_a_changed_thread_count_within_rounding_is_reproduced_within_tolerance(workflow_copy):
+    """The rerun could not have the original's 2 threads (--cores 1): its 1 thread is a
+    difference of rounding, excused within the bound."""
     workdir = workflow_copy
 
     def other_threads(folder):
@@ -159,7 +178,7 @@ def test_a_changed_thread_count_within_rounding_is_reproduced_within_tolerance(w
         rows[1] = ",".join(cells)
         (folder / "epochs.csv").write_text("\n".join(rows) + "\n")
 
-    result = verify(workdir, elsewhere(workdir, "threads", other_threads))
+    result = verify(workdir, elsewhere(workdir, "threads", other_threads), "--cores", "1")
     assert result.returncode == 0, output_of(result)
     (row,) = verdicts(workdir)
     assert (row["verdict"], row["passed"]) == (

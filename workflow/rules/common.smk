@@ -149,21 +149,31 @@ def stage_tasks(params):
     return 1
 
 
-def train_threads(params_of):
-    """Cores a training job takes here: cpus_per_task for each of its processes."""
-    return lambda wildcards: TRAIN_RESOURCES["cpus_per_task"] * stage_tasks(
-        params_of(wildcards)
+def configured_threads(wildcards):
+    return TRAIN_RESOURCES["cpus_per_task"]
+
+
+def verify_threads(wildcards):
+    """A rerun's threads per process: its original's (run.json), as the thread count
+    shapes how CPU matmuls sum; cpus_per_task while the original has not run."""
+    return planned(lambda w: VERIFY.threads_of(w.run))(wildcards) or configured_threads(
+        wildcards
     )
 
 
-def process_threads(params_of):
+def train_threads(params_of, threads_of=configured_threads):
+    """Cores a training job takes here: ``threads_of`` for each of its processes."""
+    return lambda wildcards: threads_of(wildcards) * stage_tasks(params_of(wildcards))
+
+
+def process_threads(params_of, threads_of=configured_threads):
     """train.py's --threads: each process's share of the job's cores. A dry run without
     --cores caps every job at the 1 core Snakemake assumes then, which no job runs with:
     it shows the cores the job asks for (cpus_per_task per process, as under SLURM)."""
 
     def per_process(wildcards, threads):
         if workflow.dryrun and workflow.resource_settings.cores == 1:
-            threads = train_threads(params_of)(wildcards)
+            threads = train_threads(params_of, threads_of)(wildcards)
         return max(1, threads // stage_tasks(params_of(wildcards)))
 
     return per_process
@@ -183,7 +193,7 @@ def launch_arguments(params_of):
     return arguments
 
 
-def train_scheduler_resources(params_of):
+def train_scheduler_resources(params_of, threads_of=configured_threads):
     """What SLURM is asked for per training job; optional keys only when set.
 
     A distributed run is one job of one task per stage (the executor plugin's multi-task
@@ -211,7 +221,7 @@ def train_scheduler_resources(params_of):
         "gpu": lambda wildcards: (
             gpu if tasks(wildcards) is None or not gpu else tasks(wildcards)
         ),
-        "cpus_per_task": TRAIN_RESOURCES["cpus_per_task"],
+        "cpus_per_task": threads_of,
         "mem_mb": TRAIN_RESOURCES["mem_mb"],
         "runtime": TRAIN_RESOURCES["runtime"],
         "tasks": tasks,

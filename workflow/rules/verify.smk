@@ -26,12 +26,13 @@ use rule train_model_parallel as verify_training with:
         "results/logs/verify_training/{run}.log",
     benchmark:
         "results/benchmarks/verify_training/{run}.tsv"
-    threads: train_threads(verify_params)
+    # The original's thread count (run.json): it shapes how CPU matmuls sum.
+    threads: train_threads(verify_params, verify_threads)
     resources:
-        **train_scheduler_resources(verify_params),
+        **train_scheduler_resources(verify_params, verify_threads),
     params:
         options=planned(lambda wildcards: VERIFY.options(wildcards.run)),
-        process_threads=process_threads(verify_params),
+        process_threads=process_threads(verify_params, verify_threads),
         launch=launch_arguments(verify_params),
 
 

@@ -136,6 +136,13 @@ class VerifyPlan:
             self._records[run] = record
         return self._records[run]
 
+    def threads_of(self, run: str) -> int | None:
+        """The threads each of the original's processes trained with (None while it has
+        not run): the rerun asks for as many."""
+        if not (self.original(run) / runfiles.RECORD_FILE).is_file():
+            return None
+        return self.record(run)["setup"]["threads"]
+
     def settings_of(self, run: str) -> tuple[dict, str, list[str]]:
         """(params, run id, swept) the rerun is trained with."""
         if self.local and run in self.config_runs:
