@@ -146,6 +146,20 @@ def test_an_accuracy_above_1_is_refused_before_any_table(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_table_that_cannot_be_written_is_named_without_a_traceback(tmp_path):
+    """A folder where summary.csv goes stands in for a full disk or a read-only folder: the
+    first error is the one reported (the temporary file's cleanup does not hide it)."""
+    runs = write_three_seeds(tmp_path)
+    (tmp_path / "out" / "summary.csv").mkdir(parents=True)
+    result = run_cli("--out", tmp_path / "out", *runs)
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        f"gather.py: error: cannot write {tmp_path / 'out' / 'summary.csv'}: Is a directory\n"
+    )
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").glob(".*.tmp-*"))
+
+
 def test_a_nan_loss_in_a_tutorial_log_is_refused(tmp_path):
     log = write_tutorial_log(
         tmp_path / "nan.log", "Epoch [1/2], Loss: 0.6\nEpoch [2/2], Loss: nan\n"

@@ -30,6 +30,7 @@ import sys
 
 from fmnist.cluster.sacct import FIELDS
 from fmnist.report.gathering import gather_runs
+from fmnist.rundir.files import WriteError
 from fmnist.rundir.runfiles import IncompleteRunError, RunFileError
 
 
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     except RunFileError as err:
         hint = " (--skip-incomplete leaves it out)" if isinstance(err, IncompleteRunError) else ""
         print(f"gather.py: error: {err}{hint}", file=sys.stderr)
+        return 1
+    except WriteError as err:  # a full disk, a read-only folder, a folder in a table's place
+        print(f"gather.py: error: {err}", file=sys.stderr)
         return 1
     return 0
 
