@@ -313,6 +313,19 @@ def test_a_local_run_from_its_benchmark(tmp_path):
     assert run["cpu_hours"] == pytest.approx(2 * 52.5 / 3600) and run["gpu_hours"] == 0.0
 
 
+def distributed_hour(root, setup: dict, **attempt):
+    """A run folder of the distributed engine, one attempt of an hour."""
+    hour = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"}
+    return write_run_folder(
+        root,
+        "dist",
+        ROWS,
+        {**BASE_PARAMS, "epochs": 2, "engine": "distributed"},
+        setup=setup,
+        attempts=[{**hour, **attempt}],
+    )
+
+
 def test_a_distributed_gpu_run_without_sacct_counts_a_gpu_per_stage_process(tmp_path):
     """Under srun each task sees its own GPU as cuda:0: two stage processes, two GPUs."""
     ranks = [
@@ -329,30 +342,15 @@ def test_a_distributed_gpu_run_without_sacct_counts_a_gpu_per_stage_process(tmp_
         }
         for r in range(2)
     ]
-    attempt = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"}
-    folder = write_run_folder(
-        tmp_path,
-        "dist",
-        ROWS,
-        {**BASE_PARAMS, "epochs": 2, "engine": "distributed"},
-        setup={"threads": 1, "devices": ["cuda:0", "cuda:0"]},
-        attempts=[{**attempt, "ranks": ranks}],
-    )
+    folder = distributed_hour(tmp_path, {"threads": 1, "devices": ["cuda:0"] * 2}, ranks=ranks)
     run = gather_runs([folder], None).runs.iloc[0]
     assert run["alloc_gpus"] == 2.0 and run["gpu_hours"] == pytest.approx(2.0)
 
 
 def test_a_distributed_run_holds_every_stage_process_threads(tmp_path):
     """Two stage processes of 3 threads each for 1 h: 6 CPU cores, 6 CPU-hours (not 3)."""
-    attempt = {"started": "2026-12-01T10:00:00+00:00", "finished": "2026-12-01T11:00:00+00:00"}
-    folder = write_run_folder(
-        tmp_path,
-        "dist",
-        ROWS,
-        {**BASE_PARAMS, "epochs": 2, "engine": "distributed"},
-        setup={"threads": 3, "world_size": 2, "process_group_backend": "gloo"},
-        attempts=[attempt],
-    )
+    setup = {"threads": 3, "world_size": 2, "process_group_backend": "gloo"}
+    folder = distributed_hour(tmp_path, setup)
     tables = gather_runs([folder], None)
     run = tables.runs.iloc[0]
     assert (run["alloc_cpus"], run["cpu_hours"]) == (6.0, pytest.approx(6.0))
