@@ -196,8 +196,9 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(runs, synthetic_data, 
     assert [a["start_epoch"] for a in attempts] == [1, state["epoch"] + 1]
     assert attempts[0]["started"] == state["attempts"][0]["started"]
     assert "finished" not in attempts[0] and "finished" in attempts[1]
-    # The killed attempt's last checkpoint (after epoch 2 or later) is its measured end.
-    assert attempts[0]["started"] < attempts[0]["checkpointed"] < attempts[1]["started"]
+    # The killed attempt's last checkpoint (after epoch 2 or later) is its measured end
+    # (times to the second: all three may fall in one).
+    assert attempts[0]["started"] <= attempts[0]["checkpointed"] <= attempts[1]["started"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
