@@ -28,7 +28,7 @@ from fmnist.data import idx
 from fmnist.engine import checkpoint
 from fmnist.engine.checkpoint import STATE_KEYS
 from fmnist.engine.single_process import SingleProcessEngine
-from fmnist.engine.trainer import EXIT_RESUMABLE, LOCK_FILE, Trainer
+from fmnist.engine.trainer import EXIT_RESUMABLE, Trainer
 from fmnist.rundir import files, runfiles
 from helpers import (
     ENV,
@@ -601,7 +601,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused(runs, synthetic_data
     out = tmp_path / "busy"
     out.mkdir()
     args = cli(synthetic_data, out)
-    with files.exclusive_lock(out / LOCK_FILE, f"run folder {out}"):
+    with files.exclusive_lock(out / runfiles.LOCK_FILE, f"run folder {out}"):
         second = run_train(out, args)
     assert second.returncode == 2, second.stdout + second.stderr
     assert second.stderr.startswith(

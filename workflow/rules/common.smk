@@ -90,9 +90,7 @@ def refuse_other_results(what):
     def check(wildcards):
         problem = results_config.mismatch(RESULTS_FINGERPRINT, CONFIG_OPTIONS, what)
         if problem:
-            # Snakemake prints an input function's exception with a traceback; SystemExit
-            # ends it with the message alone (and leaves no lock behind).
-            raise SystemExit(f"error: {problem}")
+            stop_planning(problem)
         return []
 
     return check
@@ -249,9 +247,15 @@ def planned(function):
         try:
             return function(wildcards)
         except PlanError as err:
-            raise SystemExit(f"error: {err}") from None
+            stop_planning(err)
 
     return planned_function
+
+
+def stop_planning(problem):
+    """End Snakemake with ``problem`` alone: it prints an input function's exception with a
+    traceback, while SystemExit ends it with the message (and leaves no lock behind)."""
+    raise SystemExit(f"error: {problem}") from None
 
 
 def verify_inputs(wildcards):

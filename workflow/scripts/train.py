@@ -136,9 +136,13 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
     return params, setup
 
 
+def print_error(message) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def fail(message: str):
     """Exit with status 2 and a message that names what is wrong."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print_error(message)
     raise SystemExit(2)
 
 
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
     except PERMANENT as err:
         fail(str(err))
     except NonFiniteLossError as err:  # the same settings diverge again: never requeued
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return 1
     except RuntimeError as err:  # torch.OutOfMemoryError is one too
         if out_of_memory(err):
@@ -211,8 +215,8 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     if after.outputs_written_since(before):
         if status != 0:  # e.g. a stage died at the final barrier: the outputs stand
             log(
-                f"warning: a stage's process ended with exit status {status} after the run's "
-                "outputs were complete; the run is finished"
+                f"warning: a stage's process ended with {exit_status_text(status)} after the "
+                "run's outputs were complete; the run is finished"
             )
         (setup.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
         return True
@@ -251,20 +255,20 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
         finally:
             stop_process_group()
     except (*PERMANENT, PeerSetupError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return 2
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return EXIT_DIVERGED
     except RuntimeError as err:
         if not out_of_memory(err):
             raise
-        print(f"error: {out_of_memory_message(err, params)}", file=sys.stderr, flush=True)
+        print_error(out_of_memory_message(err, params))
         return 2
     except OSError as err:
         if not (lasting := lasting_failure(err)):
             raise
-        print(f"error: {lasting}", file=sys.stderr, flush=True)
+        print_error(lasting)
         return 2
     return 0
 
@@ -287,7 +291,7 @@ def requeue_or_raise(setup: RunSetup, err: Exception) -> int:
         traceback.print_exception(err)
         return 0
     if isinstance(err, StageProcessesFailed):  # the stage's own log above says more
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return 1
     raise err
 

@@ -89,12 +89,17 @@ def check_one_gpu_per_process(devices, stages: int) -> None:
         )
 
 
+def weight_count(params: dict) -> int:
+    """The model's parameters: each Linear's weights and biases."""
+    return sum((i + 1) * o for i, o in layer_shapes(params))
+
+
 def working_memory_mb(params: dict) -> float:
     """A lower bound of what training a run holds beyond the interpreter and the data:
     parameters with their gradient and Adam's two moments (x4, float32), and one batch's
     activations and their gradients (x4). The step's own buffers and torch itself add more."""
     batch = params["batch_size"]
-    weights = sum((i + 1) * o for i, o in layer_shapes(params))
+    weights = weight_count(params)
     activations = batch * (
         IMAGE_SIDE * IMAGE_SIDE + 2 * sum(params["hidden_sizes"]) + 2 * NUM_CLASSES
     )
@@ -110,8 +115,7 @@ def stop_grace_seconds(params: dict) -> int:
     """How long a run's processes may need from a stop signal to their end: the step in
     progress and the start of the save (30 s), then a checkpoint of the weights and Adam's
     two moments (float32) written at SLOW_WRITE_MB_PER_S, counted twice."""
-    weights = sum((i + 1) * o for i, o in layer_shapes(params))
-    return 30 + math.ceil(2 * 3 * 4 * weights / 1e6 / SLOW_WRITE_MB_PER_S)
+    return 30 + math.ceil(2 * 3 * 4 * weight_count(params) / 1e6 / SLOW_WRITE_MB_PER_S)
 
 
 def check_stop_margin(params: dict, signal_seconds: float, run: str) -> None:

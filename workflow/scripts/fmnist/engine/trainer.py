@@ -27,13 +27,7 @@ from fmnist.console import log
 from fmnist.data.idx import DataError, IdxFormatError, verify_data
 from fmnist.engine import run_record
 from fmnist.engine.batches import BatchMaker, DeviceData, scale_pixels_
-from fmnist.engine.checkpoint import (
-    code_digest,
-    fingerprint,
-    load_checkpoint,
-    save_checkpoint,
-    set_aside,
-)
+from fmnist.engine.checkpoint import fingerprint, load_checkpoint, save_checkpoint, set_aside
 from fmnist.engine.devices import DeviceError, synchronized_elapsed
 from fmnist.engine.step import make_optimizer
 from fmnist.engine.timeline import window, write_timeline
@@ -42,7 +36,6 @@ from fmnist.rundir.files import LockedError, atomic_write, exclusive_lock, remov
 
 EVAL_CHUNK = 1000
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
-LOCK_FILE = runfiles.LOCK_FILE  # one training process per run folder
 SETUP_FAILURES = (LockedError, DataError, IdxFormatError, DeviceError, runfiles.RunFileError)
 """What running again cannot fix: every process of a run fails alike (fmnist.engine's peers)."""
 
@@ -260,7 +253,7 @@ class Trainer:
                 **self.engine.record_setup(),
             },
             # What verify compares: a dirty tree (an edited config) is not other code.
-            "git": {**run_record.git_state(), "code_digest": code_digest()},
+            "git": {**run_record.git_state(), "code_digest": self.fingerprint["code"]},
             "attempts": self.attempts,
         }
 
@@ -391,7 +384,7 @@ def start(params: dict, setup: RunSetup, engine, held: contextlib.ExitStack) -> 
         if engine.leads:
             setup.out_dir.mkdir(parents=True, exist_ok=True)
             held.enter_context(
-                exclusive_lock(setup.out_dir / LOCK_FILE, f"run folder {setup.out_dir}")
+                exclusive_lock(setup.out_dir / runfiles.LOCK_FILE, f"run folder {setup.out_dir}")
             )
         trainer = Trainer(params, setup, engine)
     except SETUP_FAILURES as err:

@@ -43,6 +43,7 @@ EPOCH_COLUMNS = list(load_schema("epochs")["properties"])
 """The columns every epochs.csv written by training has, in order."""
 
 
+@cache  # asked for every cell read
 def column_schema(column: str) -> dict | None:
     """epochs.schema.yaml's entry for an epochs.csv column (None: not a column of the format)."""
     schema = load_schema("epochs")
