@@ -13,9 +13,9 @@ CPU = torch.device("cpu")
 def test_unreadable_checkpoint_starts_from_scratch(tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"not a checkpoint")
-    assert checkpoint.load_checkpoint(path, "anything") is None
+    assert checkpoint.read_position(path, "anything") is None
     assert f"checkpoint {path} is unreadable" in capsys.readouterr().out
-    assert checkpoint.load_checkpoint(tmp_path / "missing.pt", "anything") is None
+    assert checkpoint.read_position(tmp_path / "missing.pt", "anything") is None
 
 
 def test_thread_count_is_part_of_the_checkpoint_fingerprint(torch_state):

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,9 +27,9 @@ from cuda_standin import fake_cuda
 from fmnist.config import settings
 from fmnist.data import idx
 from fmnist.engine import checkpoint
-from fmnist.engine.checkpoint import STATE_KEYS
+from fmnist.engine.checkpoint import ADAM_STATE, POSITION_KEYS
 from fmnist.engine.single_process import SingleProcessEngine
-from fmnist.engine.trainer import EXIT_RESUMABLE, Trainer
+from fmnist.engine.trainer import EXIT_RESUMABLE, Trainer, resume
 from fmnist.rundir import files, runfiles
 from helpers import (
     ENV,
@@ -51,6 +52,7 @@ from helpers import (
     train_batch,
     wait_until,
 )
+from torch.distributed.checkpoint import FileSystemReader
 
 train_py = import_script("train")
 
@@ -173,8 +175,17 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(runs, synthetic_data, 
     checkpoint = out / "checkpoint.pt"
     assert checkpoint.is_file()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # 12.
-    assert set(state) == STATE_KEYS
-    assert list(state["model"]) == PARAM_NAMES
+    assert set(state) == POSITION_KEYS
+    shards = out / f"checkpoint.{state['shards']}.dcp"
+    # Beside it at most the next one, if the kill came before it was complete or named.
+    assert shards.name in [p.name for p in out.glob("checkpoint.*.dcp")]
+    stored = FileSystemReader(shards).read_metadata().state_dict_metadata
+    assert sorted(stored) == sorted(
+        f"{kind}.layers.{j}.{p}{key}"
+        for j in (0, 1)
+        for p in ("weight", "bias")
+        for kind, key in [("model", ""), *[("optimizer", f".{k}") for k in ADAM_STATE]]
+    )
     assert 1 <= state["epoch"] < RESUME["epochs"]
     assert len(state["history"]) == state["epoch"]
     assert len(state["attempts"]) == 1 and "finished" not in state["attempts"][0]
@@ -190,7 +201,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_run(runs, synthetic_data, 
     assert_same_tensors(
         load_weights(out / "model.pt"), load_weights(runs["resume_ref"].out / "model.pt")
     )
-    assert not checkpoint.exists()
+    assert not checkpoint.exists() and not list(out.glob("checkpoint.*"))
     info = json.loads((out / "run.json").read_text())
     attempts = info["attempts"]
     assert [a["start_epoch"] for a in attempts] == [1, state["epoch"] + 1]
@@ -276,9 +287,7 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(synthetic_data, tmp_path, tor
     part.save_checkpoint()
 
     resumed = trainer(synthetic_data, tmp_path / "part", **options)  # as a new process would
-    state = checkpoint.load_checkpoint(resumed.checkpoint_path, resumed.fingerprint)
-    assert state is not None
-    resumed.load_state_dict(state)
+    assert resume(resumed)
     assert (resumed.epoch, resumed.batches_done) == (1, 13)
     for _ in range(2):
         assert resumed.run_epoch_batches(NEVER)
@@ -360,7 +369,7 @@ def test_a_full_disk_is_a_permanent_failure_naming_the_file(synthetic_data, tmp_
         check=False,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"error: cannot write {out / 'checkpoint.pt'}: File too large after 0.3 MB" in (
+    assert f"error: cannot write {out / 'checkpoint.1.dcp'}: File too large after " in (
         result.stderr
     )
     assert "Traceback" not in result.stderr
@@ -630,39 +639,60 @@ def test_a_table_another_process_wrote_to_is_not_taken_as_finished(
 
 
 def bogus_checkpoints(synthetic_data, tmp_path, real: Trainer) -> dict:
-    """Files at checkpoint.pt that load but are not a checkpoint of ``real``'s run."""
+    """Files at checkpoint.pt that load but are not a checkpoint of ``real``'s run; the
+    shards they name are laid beside them by lay_down."""
     other = trainer(synthetic_data, tmp_path / "other", hidden_sizes=[50])
-    wrong_shapes = {**other.state_dict(), "fingerprint": real.fingerprint}
-    past_the_end = {**real.state_dict(), "epoch": 7}
+    other.shards = 41  # saved as checkpoint.42.dcp
+    other.save_checkpoint()
+    real.save_checkpoint()  # checkpoint.1.dcp
+    shards = tmp_path / "shards"
+    for saved in (
+        real.setup.out_dir / "checkpoint.1.dcp",
+        other.setup.out_dir / "checkpoint.42.dcp",
+    ):
+        shutil.copytree(saved, shards / saved.name)
+    mine = real.position_state()
     return {
         "a list": ([1, 2, 3], "is not a training checkpoint of this workflow"),
         "a tensor": (torch.zeros(3), "is not a training checkpoint of this workflow"),
-        "wrong shapes": (wrong_shapes, "does not fit this model"),
-        "an epoch past the end": (past_the_end, "has epoch 7, outside this run's 0..3"),
+        "wrong shapes": (
+            {**other.position_state(), "fingerprint": real.fingerprint},
+            "does not fit this model",
+        ),
+        "lost shards": ({**mine, "shards": 7}, "has lost its shards"),
+        "an epoch past the end": ({**mine, "epoch": 7}, "has epoch 7, outside this run's 0..3"),
         "batches after the last epoch": (
-            {**real.state_dict(), "epoch": 3, "batches_done": 5},
+            {**mine, "epoch": 3, "batches_done": 5},
             "has 5 batches done after the run's last epoch",
         ),
         "an older format": (
-            {**real.state_dict(), "fingerprint": "9f86d081884c7d65"},
+            {**mine, "fingerprint": "9f86d081884c7d65"},
             "was written by an older version of this workflow",
         ),
     }
 
 
+def lay_down(state, tmp_path: Path, out: Path) -> None:
+    """``state`` as out/checkpoint.pt, beside the shards bogus_checkpoints saved."""
+    for saved in (tmp_path / "shards").iterdir():
+        shutil.rmtree(out / saved.name, ignore_errors=True)
+        shutil.copytree(saved, out / saved.name)
+    torch.save(state, out / "checkpoint.pt")
+
+
 def test_a_checkpoint_that_is_not_ours_is_reported_and_set_aside(
     synthetic_data, tmp_path, capsys, torch_state
 ):
-    from fmnist.engine.trainer import resume
-
-    real = trainer(synthetic_data, tmp_path / "run")
+    out = tmp_path / "run"
+    real = trainer(synthetic_data, out)
     for name, (state, why) in bogus_checkpoints(synthetic_data, tmp_path, real).items():
-        torch.save(state, real.checkpoint_path)
-        fresh = trainer(synthetic_data, tmp_path / "run")
+        lay_down(state, tmp_path, out)
+        fresh = trainer(synthetic_data, out)
         resume(fresh)
         assert why in capsys.readouterr().out, name
         assert not real.checkpoint_path.exists(), name
-        assert (tmp_path / "run" / "checkpoint.pt.bad").is_file(), name
+        assert (out / "checkpoint.pt.bad").is_file(), name
+        assert not list(out.glob("checkpoint.*.dcp")), name  # set aside with it, or deleted
         assert (fresh.epoch, fresh.batches_done) == (0, 0), name
 
 
@@ -672,7 +702,7 @@ def test_a_run_next_to_a_checkpoint_that_does_not_fit_ends_as_a_fresh_run(
     out = tmp_path / "run"
     real = trainer(synthetic_data, out)
     state, _ = bogus_checkpoints(synthetic_data, tmp_path, real)["wrong shapes"]
-    torch.save(state, real.checkpoint_path)
+    lay_down(state, tmp_path, out)
     result = run_train(out, cli(synthetic_data, out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "does not fit this model" in result.stdout

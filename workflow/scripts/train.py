@@ -50,7 +50,7 @@ from fmnist.engine.trainer import (
     train,
 )
 from fmnist.rundir.files import NEEDS_SOMEONE, LockedError, WriteError
-from fmnist.rundir.runfiles import CHECKPOINT_FILE, RunFileError, RunFolderState
+from fmnist.rundir.runfiles import RunFileError, RunFolderState, remove_checkpoint
 
 
 def available_cpus() -> int:
@@ -218,7 +218,7 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
                 f"warning: a stage's process ended with {exit_status_text(status)} after the "
                 "run's outputs were complete; the run is finished"
             )
-        (setup.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        remove_checkpoint(setup.out_dir)
         return True
     if status == 2:
         fail("a stage's process could not train this run (its error is above)")

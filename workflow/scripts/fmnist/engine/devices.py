@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -79,3 +80,9 @@ def synchronized_elapsed(started: float, devices) -> float:
     for device in {d for d in devices if d.type == "cuda"}:
         torch.cuda.synchronize(device)
     return time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (the kernel's VmHWM, the figure
+    a cluster's memory limit is held against)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

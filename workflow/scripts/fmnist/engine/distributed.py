@@ -21,9 +21,16 @@ import torch
 import torch.distributed as dist
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
+from fmnist.config.stages import stage_split
 from fmnist.data.idx import DataError
-from fmnist.engine.checkpoint import cpu_state
-from fmnist.engine.model import microbatch_loss, model_for
+from fmnist.engine.devices import peak_rss_mb
+from fmnist.engine.model import (
+    first_layers,
+    layer_parameters,
+    layer_sizes,
+    microbatch_loss,
+    stage_modules,
+)
 from fmnist.engine.ranks import RankContext
 from fmnist.engine.timeline import Timeline
 
@@ -158,8 +165,14 @@ class DistributedEngine:
         check_last_batch(rows, params["batch_size"], params["microbatches"])
 
     def build_model(self, params: dict):
-        whole = model_for(params, [CPU] * self.stages)  # the same initial weights everywhere
-        return whole.stages[self.rank].to(self.device)
+        """This stage alone, with the weights it has in the whole model (the others' draws
+        from the seed are skipped, never held)."""
+        split = stage_split(params)
+        stage = stage_modules(layer_sizes(params), split, params["activation"], {self.rank})
+        return stage[self.rank].to(self.device)
+
+    def layer_parameters(self, model, params: dict) -> dict:
+        return layer_parameters(model, first_layers(stage_split(params))[self.rank])
 
     def make_step(self, model, optimizer, params: dict) -> StageStep:
         self.step = StageStep(model, optimizer, self, params)
@@ -250,37 +263,17 @@ class DistributedEngine:
         dist.all_gather_object(gathered, rows)
         return [row for ranks_rows in gathered for row in ranks_rows]
 
-    def _gather(self, part: dict) -> list[dict] | None:
-        parts = [None] * self.stages if self.first else None
-        dist.gather_object(cpu_state(part), parts, dst=0)
-        return parts
+    def share_position(self, state: dict | None) -> dict | None:
+        """Rank 0's reading of the checkpoint's position, to every rank."""
+        shared = [state]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
 
-    def _own_weights(self, model) -> dict:
-        return {f"stages.{self.rank}.{k}": v for k, v in model.state_dict().items()}
-
-    def gather_state(self, model, optimizer) -> dict | None:
-        """The weights and optimizer states of every stage, on rank 0 (None elsewhere)."""
-        parts = self._gather(
-            {"model": self._own_weights(model), "optimizer": optimizer.state_dict()}
-        )
-        if parts is None:
-            return None
-        weights = {k: v for p in parts for k, v in p["model"].items()}
-        return {"model": weights, "optimizer": {"stages": [p["optimizer"] for p in parts]}}
-
-    def gather_weights(self, model) -> dict | None:
-        """Every stage's weights under the single-process names, on rank 0 (None elsewhere)."""
-        parts = self._gather(self._own_weights(model))
-        return None if parts is None else {k: v for part in parts for k, v in part.items()}
-
-    def scatter_state(self, state: dict | None) -> dict | None:
-        """Each rank's part of rank 0's checkpoint: the common state and its own stage."""
-        parts = None
-        if self.first:
-            parts = [None if state is None else stage_part(state, r) for r in range(self.stages)]
-        mine = [None]
-        dist.scatter_object_list(mine, parts, src=0)
-        return mine[0]
+    def gather_peak_rss(self) -> list[float]:
+        """Each stage process's peak resident memory, in MB, by rank."""
+        peaks = [None] * self.stages
+        dist.all_gather_object(peaks, peak_rss_mb())
+        return peaks
 
     def all_succeeded(self, ok: bool) -> bool:
         failed = torch.zeros(1, device=self.ctx.comm_device)
@@ -299,10 +292,3 @@ class DistributedEngine:
         if self.vote is not None:
             self.vote.wait()  # the last vote, sent for a batch that never came
         dist.barrier()  # no process leaves while rank 0 is still writing
-
-
-def stage_part(state: dict, rank: int) -> dict:
-    """What rank ``rank`` loads of a checkpoint: the common state and its stage."""
-    prefix = f"stages.{rank}."
-    model = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
-    return state | {"model": model, "optimizer": state["optimizer"]["stages"][rank]}

@@ -42,26 +42,14 @@ class ModelParallelMLP(nn.Module):
         activation: str = "log_softmax",
     ):
         super().__init__()
-        if isinstance(hidden_sizes, int):
-            hidden_sizes = [hidden_sizes]
-        sizes = [INPUT_SIZE, *hidden_sizes, OUTPUT_SIZE]
+        sizes = layer_sizes({"hidden_sizes": hidden_sizes})
         layers = len(sizes) - 1
         split = list(split) if split is not None else [1] * len(devices)
         if sum(split) != layers or len(split) != len(devices) or min(split) < 1:
             raise ValueError(
                 f"stage split {split} over {len(devices)} devices does not fit {layers} layers"
             )
-        modules = []
-        for i in range(layers):
-            modules.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < layers - 1:
-                modules.append(ACTIVATIONS[activation]())
-        stages, start = [], 0
-        for count in split:
-            end = start + 2 * count  # each layer is a Linear and its activation ...
-            block = modules[start : min(end, len(modules))]  # ... but the last has none
-            stages.append(block[0] if len(block) == 1 else nn.Sequential(*block))
-            start = end
+        stages = stage_modules(sizes, split, activation)
         self.stages = nn.ModuleList([s.to(d) for s, d in zip(stages, devices)])
         self.devices = list(devices)
         self.split = split
@@ -71,6 +59,80 @@ class ModelParallelMLP(nn.Module):
         for stage, device in zip(self.stages, self.devices):
             x = stage(to_stage(x, device))
         return x
+
+
+SKIPPED_DRAWS_AT_ONCE = 1 << 20
+"""Numbers drawn per chunk when skipping another stage's initial weights (4 MB of float32)."""
+
+
+def skip_initial_draws(fan_in: int, fan_out: int) -> None:
+    """Advance the generator past what nn.Linear(fan_in, fan_out) draws when it is made:
+    its weight's, then its bias's uniform numbers (one 32-bit draw each, whatever the
+    bounds), drawn into a small scratch buffer so that the layer is never held."""
+    scratch = torch.empty(min(SKIPPED_DRAWS_AT_ONCE, fan_in * fan_out))
+    for count in (fan_in * fan_out, fan_out):
+        while count:
+            chunk = min(count, len(scratch))
+            scratch[:chunk].uniform_()
+            count -= chunk
+
+
+def stage_modules(
+    sizes: list[int], split: list[int], activation: str, owned=None
+) -> list[nn.Module | None]:
+    """Each stage's module: its Linears and their activations (the last Linear has none),
+    or the bare Linear when that is all it holds; None for a stage not in ``owned`` (None:
+    every stage). Layers are made in order from the seed, and a stage not owned only
+    advances the generator past its draws, so each owned stage gets exactly the weights it
+    would have in the whole model, without the whole model ever being held."""
+    layers, stages, first = len(sizes) - 1, [], 0
+    for s, count in enumerate(split):
+        block = []
+        for j in range(first, first + count):
+            if owned is not None and s not in owned:
+                skip_initial_draws(sizes[j], sizes[j + 1])
+                continue
+            block.append(nn.Linear(sizes[j], sizes[j + 1]))
+            if j < layers - 1:
+                block.append(ACTIVATIONS[activation]())
+        stages.append(None if not block else block[0] if len(block) == 1 else nn.Sequential(*block))
+        first += count
+    return stages
+
+
+def layer_sizes(params: dict) -> list[int]:
+    hidden = params["hidden_sizes"]
+    return [INPUT_SIZE, *([hidden] if isinstance(hidden, int) else hidden), OUTPUT_SIZE]
+
+
+def layer_parameters(stage: nn.Module, first_layer: int) -> dict[str, torch.Tensor]:
+    """A stage's parameters under the names they have whatever the stage split:
+    layers.{j}.weight and layers.{j}.bias for the model's j-th Linear (the names of the
+    checkpoints, which a run may resume from with another split)."""
+    linears = [m for m in stage.modules() if isinstance(m, nn.Linear)]
+    return {
+        f"layers.{first_layer + k}.{name}": p
+        for k, linear in enumerate(linears)
+        for name, p in linear.named_parameters()
+    }
+
+
+def first_layers(split: list[int]) -> list[int]:
+    """The index of each stage's first Linear in the whole model."""
+    return [sum(split[:s]) for s in range(len(split))]
+
+
+def single_process_names(params: dict) -> dict[str, str]:
+    """Each layer name (layers.{j}.weight) -> its name in this split's whole model
+    (stages.{s}.…, model.pt's names), found on a model made without storage or draws."""
+    with torch.device("meta"):
+        model = model_for(params, [torch.device("meta")] * len(stage_split(params)))
+    by_param = {p: name for name, p in model.named_parameters()}
+    return {
+        layer_name: by_param[p]
+        for stage, first in zip(model.stages, first_layers(model.split))
+        for layer_name, p in layer_parameters(stage, first).items()
+    }
 
 
 def model_for(params: dict, devices: list[torch.device]) -> ModelParallelMLP:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from fmnist.engine.checkpoint import cpu_state
-from fmnist.engine.model import model_for
+from fmnist.engine.devices import peak_rss_mb
+from fmnist.engine.model import first_layers, layer_parameters, model_for
 from fmnist.engine.step import make_step
 from fmnist.engine.timeline import Timeline
 
@@ -33,6 +33,12 @@ class SingleProcessEngine:
 
     def build_model(self, params: dict):
         return model_for(params, self.devices)
+
+    def layer_parameters(self, model, params: dict) -> dict:
+        firsts = first_layers(model.split)
+        return {
+            n: p for s, f in zip(model.stages, firsts) for n, p in layer_parameters(s, f).items()
+        }
 
     def make_step(self, model, optimizer, params: dict):
         return make_step(model, optimizer, params["batch_size"], params)
@@ -76,17 +82,11 @@ class SingleProcessEngine:
     def gather_timeline(self, rows: list[dict]) -> list[dict]:
         return rows
 
-    def gather_state(self, model, optimizer) -> dict:
-        return {
-            "model": cpu_state(model.state_dict()),
-            "optimizer": cpu_state(optimizer.state_dict()),
-        }
-
-    def gather_weights(self, model) -> dict:
-        return cpu_state(model.state_dict())
-
-    def scatter_state(self, state: dict | None) -> dict | None:
+    def share_position(self, state: dict | None) -> dict | None:
         return state
+
+    def gather_peak_rss(self) -> list[float]:
+        return [peak_rss_mb()]
 
     def all_succeeded(self, ok: bool) -> bool:
         return ok

@@ -27,12 +27,22 @@ from fmnist.console import log
 from fmnist.data.idx import DataError, IdxFormatError, verify_data
 from fmnist.engine import run_record
 from fmnist.engine.batches import BatchMaker, DeviceData, scale_pixels_
-from fmnist.engine.checkpoint import fingerprint, load_checkpoint, save_checkpoint, set_aside
+from fmnist.engine.checkpoint import (
+    CHECKPOINT_ERRORS,
+    fingerprint,
+    load_shards,
+    read_position,
+    save_position,
+    save_shards,
+    set_aside,
+    shards_path,
+)
 from fmnist.engine.devices import DeviceError, synchronized_elapsed
+from fmnist.engine.model_file import write_model
 from fmnist.engine.step import make_optimizer
 from fmnist.engine.timeline import window, write_timeline
 from fmnist.rundir import runfiles
-from fmnist.rundir.files import LockedError, atomic_write, exclusive_lock, remove_stale_temporaries
+from fmnist.rundir.files import LockedError, exclusive_lock, remove_stale_temporaries
 
 EVAL_CHUNK = 1000
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
@@ -85,6 +95,8 @@ class Trainer:
         torch.manual_seed(params["seed"])
         self.model = engine.build_model(params)
         self.optimizer = make_optimizer(self.model, params)
+        self.layers = engine.layer_parameters(self.model, params)  # what this process saves
+        self.shards = 0  # the number of the checkpoint's shards folder (0: none yet)
         self.step = engine.make_step(self.model, self.optimizer, params)
         self.shuffle = torch.Generator().manual_seed(params["seed"])
         self.history: list[dict] = []
@@ -100,16 +112,11 @@ class Trainer:
         self.timeline_rows: list[dict] = []  # timeline.csv, once its window has run
 
     # -- checkpoint state --------------------------------------------------
-    def state_dict(self) -> dict | None:
-        """The checkpoint, in the process that writes it (None in the others)."""
-        self.engine.share_losses(self.batch_losses)  # the epoch's losses so far
-        weights = self.engine.gather_state(self.model, self.optimizer)
-        return None if weights is None else {**weights, **self.position_state()}
-
     def position_state(self) -> dict:
         """The checkpoint but the weights and the optimizer: where the run stands."""
         return {
             "fingerprint": self.fingerprint,
+            "shards": self.shards,
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle.get_state(),
             "epoch": self.epoch,
@@ -122,10 +129,9 @@ class Trainer:
             "timeline": self.timeline_rows,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load this process's part of a checkpoint (the engine's scatter_state)."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_position(self, state: dict) -> None:
+        """Take up the run where a checkpoint's position_state says it stands."""
+        self.shards = state["shards"]
         torch.set_rng_state(state["torch_rng"])
         self.shuffle.set_state(state["shuffle_rng"])
         self.epoch = state["epoch"]
@@ -138,11 +144,23 @@ class Trainer:
         self.timeline_rows = list(state["timeline"])
 
     def save_checkpoint(self) -> None:
+        """Every process saves its shard into a new folder; then the leading process writes
+        checkpoint.pt naming it, and only then deletes the previous one."""
         if self.attempts:  # what a killed attempt's compute is measured by
             self.attempts[-1]["checkpointed"] = run_record.now()
-        state = self.state_dict()
-        if state is not None:
-            save_checkpoint(self.checkpoint_path, state)
+            self.note_peak_memory()
+        self.engine.share_losses(self.batch_losses)  # the epoch's losses so far
+        self.shards += 1
+        save_shards(shards_path(self.setup.out_dir, self.shards), self.layers, self.optimizer)
+        if self.engine.leads:
+            save_position(self.checkpoint_path, self.position_state())
+            runfiles.remove_shards(
+                self.setup.out_dir, keep=runfiles.shards_folder_name(self.shards)
+            )
+
+    def note_peak_memory(self) -> None:
+        """Each process's peak resident memory so far in this attempt, in its record."""
+        self.attempts[-1]["peak_rss_mb"] = self.engine.gather_peak_rss()
 
     # -- epochs ------------------------------------------------------------
     def run_epoch_batches(self, stop: StopRequests) -> bool:
@@ -258,17 +276,14 @@ class Trainer:
         }
 
     def write_outputs(self) -> None:
-        """model.pt, timeline.csv and run.json, written last by the process that writes."""
-        weights = self.engine.gather_weights(self.model)
+        """model.pt (from the checkpoint saved after the last epoch), timeline.csv and
+        run.json, written last by the leading process."""
+        self.note_peak_memory()
         if self.engine.leads:
-            write_model(self.setup.out_dir, weights)
+            shards = shards_path(self.setup.out_dir, self.shards)
+            write_model(self.setup.out_dir / runfiles.MODEL_FILE, shards, self.params)
             write_timeline(self.setup.out_dir, self.timeline_rows)
             runfiles.write_record(self.setup.out_dir, self.record())
-
-
-def write_model(out_dir: Path, weights: dict) -> None:
-    """model.pt: the final weights, on the CPU, under the single-process engine's names."""
-    atomic_write(out_dir / runfiles.MODEL_FILE, lambda handle: torch.save(weights, handle))
 
 
 def log_epoch(row: dict, epochs: int) -> None:
@@ -311,7 +326,7 @@ def position_error(trainer: Trainer, state: dict) -> str | None:
 def read_checkpoint(trainer: Trainer) -> dict | None:
     """The run's checkpoint if there is one of ours at a position of this run, else None
     (anything else there is reported and set aside)."""
-    state = load_checkpoint(trainer.checkpoint_path, trainer.fingerprint)
+    state = read_position(trainer.checkpoint_path, trainer.fingerprint)
     why = position_error(trainer, state) if state is not None else None
     if why is not None:
         set_aside(trainer.checkpoint_path, why)
@@ -320,25 +335,28 @@ def read_checkpoint(trainer: Trainer) -> dict | None:
 
 
 def resume(trainer: Trainer) -> bool:
-    """Load the run's checkpoint if there is one of ours (the leading process reads it, each
-    process loads its part); False, in every process, if one had to be set aside after it
+    """Load the run's checkpoint if there is one of ours: the leading process reads its
+    position and shares it, each process loads its own layers from the shards (whatever the
+    layout that saved them). False, in every process, if it had to be set aside after it
     was partly loaded (the trainer must then be built again)."""
     engine = trainer.engine
-    mine = engine.scatter_state(read_checkpoint(trainer) if engine.leads else None)
+    position = engine.share_position(read_checkpoint(trainer) if engine.leads else None)
+    if position is None:
+        return True
     failure = None
-    if mine is not None:
-        try:
-            trainer.load_state_dict(mine)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
-            failure = err
-            log(f"{engine.name}: the checkpoint does not fit ({err})")
+    try:
+        shards = shards_path(trainer.setup.out_dir, position["shards"])
+        load_shards(shards, trainer.layers, trainer.optimizer)
+        trainer.load_position(position)
+    except CHECKPOINT_ERRORS as err:
+        failure = err
+        log(f"{engine.name}: the checkpoint does not fit ({err})")
     if not engine.all_succeeded(failure is None):
         if engine.leads:
             why = failure or "another stage's process could not load its part"
             set_aside(trainer.checkpoint_path, f"does not fit this model ({why})")
         return False
-    if mine is not None:
-        log(f"resuming from {trainer.checkpoint_path}: {position_text(trainer)}")
+    log(f"resuming from {trainer.checkpoint_path}: {position_text(trainer)}")
     return True
 
 
@@ -417,5 +435,5 @@ def train(params: dict, setup: RunSetup, engine) -> bool:
         # Only once every process has confirmed: until then the outputs may not be
         # complete, and the checkpoint saved after the last epoch is what writes them again.
         if finished and engine.leads:
-            trainer.checkpoint_path.unlink(missing_ok=True)
+            runfiles.remove_checkpoint(setup.out_dir)
     return finished

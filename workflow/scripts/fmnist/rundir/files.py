@@ -31,7 +31,7 @@ def atomic_write(
     tmp = temp_name(path)
     handle = None
     try:
-        with open(tmp, "wb") as raw:
+        with open(tmp, "w+b") as raw:  # readable too: model.pt is filled in place
             handle = FirstErrorWriter(raw)
             write(handle)
             handle.flush()
@@ -104,6 +104,28 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def write_failure(folder: Path, size: int) -> WriteError | None:
+    """Why ``folder`` cannot take ``size`` more bytes (a full disk or quota, a file size
+    limit, a read-only file system), found by reserving the space without writing it; None
+    if it can. For writers that do not say (torch.distributed.checkpoint's hides the
+    error of its writes)."""
+    probe = temp_name(folder / "space")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, max(size, 1))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        written = sum(f.stat().st_size for f in folder.glob("*") if f.is_file())
+        return WriteError(folder, err, written)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
 
 
 def free_mb(folder: Path) -> float:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -33,6 +34,32 @@ EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE, LOCK_FILE 
 )
 IN_PROGRESS_FILES = (EPOCHS_FILE, CHECKPOINT_FILE, LOCK_FILE)
 """What a run folder holds from the start of training on; run.json comes only at its end."""
+CHECKPOINT_SHARDS = "checkpoint.{number}.dcp"
+"""A checkpoint's weights and optimizer state: a torch.distributed.checkpoint folder, a
+shard per stage process; checkpoint.pt (the run's position) names the one it goes with."""
+
+
+def shards_folder_name(number: int) -> str:
+    return CHECKPOINT_SHARDS.format(number=number)
+
+
+def shards_folders(folder: Path) -> list[Path]:
+    return sorted(folder.glob(CHECKPOINT_SHARDS.format(number="*")))
+
+
+def remove_shards(folder: Path, keep: str | None = None) -> None:
+    """Delete every shards folder but ``keep`` (the one checkpoint.pt names: the others
+    are older, or a save cut short)."""
+    for shards in shards_folders(folder):
+        if shards.name != keep:
+            shutil.rmtree(shards, ignore_errors=True)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete the run's checkpoint, checkpoint.pt first: shards it no longer names are
+    removed by the next attempt if this one is killed in between."""
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    remove_shards(folder)
 
 
 class RunFileError(Exception):
