@@ -486,3 +486,42 @@ def slurm_env() -> dict:
     # /etc/slurm describes on this machine.
     assert os.environ.get("SLURM_CONF"), "SLURM_CONF is unset: use the slurm_cluster fixture"
     return workflow_env(FMNIST_SLURM_ACCOUNT="root", FMNIST_SLURM_PARTITION="debug")
+
+
+def stage_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the stage processes the launcher started (their RANK variable)."""
+    pids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent != launcher:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                pids[int(item[5:])] = int(stat.parent.name)
+    return pids
+
+
+def interrupt(run: Run, sig: int, target: str = "launcher") -> float:
+    """Once epoch 1 is written and epoch 2 has begun (an epoch takes ~0.7 s in the
+    distributed tests), send ``sig`` to stage 1's process or to the process the test started
+    (train.py: the launcher of the stage processes, as Snakemake or a user would); seconds
+    until that process has exited."""
+    deadline = time.monotonic() + TIMEOUT
+    while data_rows(run.out) < 1:
+        assert run.proc.poll() is None, run.result().stderr
+        assert time.monotonic() < deadline, "epoch 1 never ended"
+        time.sleep(0.01)
+    pid = run.proc.pid
+    if target == "stage 1":
+        pids = stage_pids(run.proc.pid)
+        assert 1 in pids, pids
+        pid = pids[1]
+    time.sleep(0.3)
+    os.kill(pid, sig)
+    sent = time.monotonic()
+    run.result()
+    return time.monotonic() - sent

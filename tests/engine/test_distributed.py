@@ -28,8 +28,10 @@ from helpers import (
     cli,
     data_rows,
     import_script,
+    interrupt,
     load_weights,
     metric_lines,
+    stage_pids,
 )
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -124,41 +126,6 @@ def test_timeline_holds_every_stage_and_micro_batch(runs):
 
 
 # ------------------------------------------------------------------ stopping a stage
-
-
-def stage_pids(launcher: int) -> dict[int, int]:
-    """{rank: pid} of the stage processes the launcher started (their RANK variable)."""
-    pids = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent != launcher:
-                continue
-            env = (stat.parent / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        for item in env:
-            if item.startswith(b"RANK="):
-                pids[int(item[5:])] = int(stat.parent.name)
-    return pids
-
-
-def interrupt(run: Run, sig: int, target: str) -> float:
-    """Once epoch 1 is written and epoch 2 has begun (an epoch takes ~0.7 s here), send
-    ``sig`` to stage 1's process (or to the launcher, as Snakemake or a user would);
-    seconds until the launcher has exited."""
-    deadline = time.monotonic() + TIMEOUT
-    while data_rows(run.out) < 1:
-        assert run.proc.poll() is None, run.result().stderr
-        assert time.monotonic() < deadline, "epoch 1 never ended"
-        time.sleep(0.01)
-    pids = stage_pids(run.proc.pid)
-    assert sorted(pids) == [0, 1], pids
-    time.sleep(0.3)
-    os.kill(pids[1] if target == "stage 1" else run.proc.pid, sig)
-    sent = time.monotonic()
-    run.result()
-    return time.monotonic() - sent
 
 
 @pytest.mark.parametrize(
@@ -315,3 +282,28 @@ def test_a_busy_run_folder_is_refused_by_rank_0(synthetic_data, tmp_path):
 
 
 # ------------------------------------------------------------------ the parts
+
+
+def test_a_stage_killed_in_the_middle_of_a_save_leaves_the_previous_checkpoint(
+    runs, synthetic_data, tmp_path
+):
+    """Stage 1 writes its shard of the second checkpoint (end of epoch 2) and is killed
+    before the save is complete: checkpoint.pt still names the first, whole; the rerun
+    resumes from it, deletes the half-written one, and ends with the uninterrupted bits."""
+    out = tmp_path / "run"
+    args = cli(synthetic_data, out, engine="distributed", process_group_timeout=30, **LONG)
+    first = Run(out, args, env=with_faults(KILL_IN_SAVE="1:2"))
+    result = first.result()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: a stage's process failed (killed by SIGKILL)" in result.stderr
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert (state["shards"], state["epoch"], state["batches_done"]) == (1, 1, 0)
+    cut_short = out / "checkpoint.2.dcp"
+    assert (cut_short / "__1_0.distcp").is_file() and not (cut_short / ".metadata").exists()
+
+    second = Run(out, args).ok()
+    assert f"resuming from {out / 'checkpoint.pt'}: epoch 2, batch 1" in second.stdout
+    ref = runs["long_single"].ok() and runs["long_single"]
+    assert metric_lines(out) == metric_lines(ref.out)
+    assert_same_tensors(load_weights(out / "model.pt"), load_weights(ref.out / "model.pt"))
+    assert not list(out.glob("checkpoint*"))

@@ -6,7 +6,9 @@ it acts only in a stage process (RANK is set) and only for the variables set:
 - FMNIST_FAULT_SLOW_START=S: the stage sleeps S seconds first, so a stop signal finds it
   before it has a handler or a checkpoint (a stop during start-up);
 - FMNIST_FAULT_EXIT_AT_END=R: rank R exits 1 right after the process group is destroyed,
-  that is after the run's outputs are complete (a stage dying at the very end).
+  that is after the run's outputs are complete (a stage dying at the very end);
+- FMNIST_FAULT_KILL_IN_SAVE=R:N: rank R writes its shard of the run's N-th checkpoint,
+  then is killed (SIGKILL) before the save is complete (a node lost mid-save).
 """
 
 import os
@@ -26,3 +28,21 @@ if os.environ.get("RANK") is not None:
             os._exit(1)
 
         dist.destroy_process_group = _destroy_then_exit
+    rank_and_save = os.environ.get("FMNIST_FAULT_KILL_IN_SAVE", ":").split(":")
+    if rank_and_save[0] == os.environ["RANK"]:
+        import signal
+
+        from torch.distributed.checkpoint import filesystem
+
+        _write = filesystem.FileSystemWriter.write_data
+        _saves = []
+
+        def _write_then_die(self, *args, **kwargs):
+            written = _write(self, *args, **kwargs)
+            _saves.append(written)
+            if len(_saves) == int(rank_and_save[1]):
+                written.wait()  # the shard is on disk; the metadata never comes
+                os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        filesystem.FileSystemWriter.write_data = _write_then_die
