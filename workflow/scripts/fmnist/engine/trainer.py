@@ -278,10 +278,15 @@ class Trainer:
     def write_outputs(self) -> None:
         """model.pt (from the checkpoint saved after the last epoch), timeline.csv and
         run.json, written last by the leading process."""
-        self.note_peak_memory()
+        # Training is over and its state is on disk (the last checkpoint): the gradients'
+        # and Adam's memory goes to writing model.pt instead of adding to it.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
         if self.engine.leads:
             shards = shards_path(self.setup.out_dir, self.shards)
             write_model(self.setup.out_dir / runfiles.MODEL_FILE, shards, self.params)
+        self.note_peak_memory()  # the whole attempt's, writing model.pt included
+        if self.engine.leads:
             write_timeline(self.setup.out_dir, self.timeline_rows)
             runfiles.write_record(self.setup.out_dir, self.record())
 
