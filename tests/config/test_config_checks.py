@@ -202,7 +202,58 @@ BAD_CONFIGS = {
     ),
     "distributed-one-stage": (
         {"train": {"engine": "distributed", "devices": ["cpu"], "stage_split": [2]}},
-        ["train.engine distributed runs one process per stage", "one stage"],
+        ["train.engine distributed runs the stages in processes of 1, but this model has 1"],
+    ),
+    "looped-schedule-one-stage-per-process": (
+        {"train": {"engine": "distributed", "schedule": "interleaved_1f1b"}},
+        [
+            "train.schedule interleaved_1f1b runs 2 or more stages per process, but "
+            "train.stages_per_process is 1"
+        ],
+    ),
+    "v-schedule-three-stages-per-process": (
+        {
+            "train": {
+                "engine": "distributed",
+                "schedule": "zbv_zero_bubble",
+                "stages_per_process": 3,
+                "hidden_sizes": [20] * 5,
+            }
+        },
+        ["train.schedule zbv_zero_bubble runs 2 stages per process"],
+    ),
+    "1f1b-fewer-microbatches-than-stages": (
+        {"train": {"engine": "distributed", "schedule": "1f1b", "microbatches": 1}},
+        ["train.schedule 1f1b needs at least as many micro-batches as stages (2)"],
+    ),
+    "interleaved-microbatches-not-in-rounds": (
+        {
+            "train": {
+                "engine": "distributed",
+                "schedule": "interleaved_1f1b",
+                "microbatches": 5,
+                "stages_per_process": 2,
+                "hidden_sizes": [20, 20, 20],
+                "batch_size": 100,
+            }
+        },
+        ["train.microbatches (5) to be a multiple of its rounds, microbatches // processes = 2"],
+    ),
+    "devices-per-process": (
+        {
+            "train": {
+                "engine": "distributed",
+                "schedule": "looped_bfs",
+                "stages_per_process": 2,
+                "devices": ["cpu", "cpu", "cpu"],
+                "stage_split": [1, 1, 1, 1],
+                "hidden_sizes": [20, 20, 20],
+            }
+        },
+        [
+            "train.devices lists 3 devices but train.stage_split [1, 1, 1, 1] makes 4 stages in "
+            "processes of 2: give one device per process"
+        ],
     ),
     "distributed-mixed-devices": (
         {"train": {"engine": "distributed", "devices": ["cuda:0", "cpu"]}},

@@ -141,10 +141,9 @@ def verify_params(wildcards):
 
 
 def stage_tasks(params):
-    """Processes a run's job starts: one per stage for the distributed engine, else one."""
-    if params["engine"] == "distributed":
-        return stages.stage_count(params)
-    return 1
+    """Processes a run's job starts: one per stages_per_process stages for the distributed
+    engine, else one."""
+    return stages.process_count(params)
 
 
 def configured_threads(wildcards):

@@ -31,7 +31,7 @@ from fmnist.cluster.requeue import FAILURE_COUNT_FILE, requeue_after_failure, re
 from fmnist.config import settings
 from fmnist.config.checks import check_run_params, stop_grace_seconds, working_memory_mb
 from fmnist.config.naming import RUN_ID_RULE, is_run_id
-from fmnist.config.stages import stage_count
+from fmnist.config.stages import process_count, stage_count
 from fmnist.console import log, quiet
 from fmnist.data.idx import DataError, IdxFormatError, read_md5_file
 from fmnist.engine.devices import DeviceError, resolve_devices
@@ -190,7 +190,7 @@ class StageProcessesFailed(RuntimeError):
 def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     """The distributed engine: start the stages' processes and wait for them; True if
     the run is finished, False if they stopped early (with a checkpoint, or saying why not)."""
-    stages = stage_count(params)
+    stages = process_count(params)  # the launcher's processes, one per rank
     script = str(Path(__file__).resolve())
     if not os.environ.get("SLURM_JOB_ID"):  # under SLURM, srun gives each task its GPU
         from fmnist.engine.ranks import check_local_stage_devices
@@ -251,7 +251,7 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
             quiet()
         ctx = start_process_group(env, params["devices"], setup.process_group_timeout)
         try:
-            train(params, setup, DistributedEngine(ctx))
+            train(params, setup, DistributedEngine(ctx, params))
         finally:
             stop_process_group()
     except (*PERMANENT, PeerSetupError) as err:

@@ -14,7 +14,13 @@ import urllib.request
 
 from fmnist.config import settings
 from fmnist.config.settings import SettingError, check_number, check_value
-from fmnist.config.stages import layer_shapes, stage_count
+from fmnist.config.stages import (
+    SCHEDULE_PLACEMENT,
+    layer_shapes,
+    process_count,
+    stage_count,
+    stages_per_process,
+)
 from fmnist.data.idx import IMAGE_SIDE, NUM_CLASSES
 
 
@@ -25,10 +31,15 @@ def check_stages(params: dict) -> None:
     if isinstance(split, list):
         if sum(split) != layers:
             raise SettingError(f"train.stage_split {split} assigns {sum(split)} layers; {model}")
-        if isinstance(devices, list) and len(devices) > 1 and len(devices) != len(split):
+        per_process = stages_per_process(params)
+        listed = len(devices) * per_process if isinstance(devices, list) else len(split)
+        if len(devices) > 1 and listed != len(split):
+            each = "process" if per_process > 1 else "stage"
             raise SettingError(
                 f"train.devices lists {len(devices)} devices but train.stage_split {split} "
-                f"makes {len(split)} stages: give one device per stage (or one for all)"
+                f"makes {len(split)} stages"
+                + (f" in processes of {per_process}" if per_process > 1 else "")
+                + f": give one device per {each} (or one for all)"
             )
     elif stage_count(params) > layers:
         raise SettingError(
@@ -52,10 +63,12 @@ def check_run_params(params: dict) -> None:
 def check_distributed(params: dict) -> None:
     """What the distributed engine needs: stages to put in processes, and equal
     micro-batches (a pipeline stage receives tensors of the one shape it was set up for)."""
-    if stage_count(params) < 2:
+    check_schedule(params)
+    if process_count(params) < 2:
         raise SettingError(
-            "train.engine distributed runs one process per stage, but this model has one "
-            "stage: list a device per stage in train.devices or give train.stage_split"
+            f"train.engine distributed runs the stages in processes of "
+            f"{stages_per_process(params)}, but this model has {stage_count(params)}: list a "
+            "device per process in train.devices or give train.stage_split"
         )
     devices = params["devices"]
     if devices != "auto" and len({name.split(":")[0] for name in devices}) > 1:
@@ -63,12 +76,38 @@ def check_distributed(params: dict) -> None:
             f"train.engine distributed needs every stage on the same kind of device "
             f"(its processes talk over NCCL between GPUs or gloo between CPUs), got {devices}"
         )
-    check_one_gpu_per_process(devices, stage_count(params))
+    check_one_gpu_per_process(devices, process_count(params))
     batch, micro = params["batch_size"], params["microbatches"]
     if batch % micro:
         raise SettingError(
             f"train.engine distributed needs train.batch_size ({batch}) to be a multiple "
             f"of train.microbatches ({micro}): every micro-batch has the same size"
+        )
+
+
+def check_schedule(params: dict) -> None:
+    """What each of torch.distributed.pipelining's schedules asks of the stages per process
+    and of the micro-batches (its own checks, stated before any process starts)."""
+    schedule, per_process = params["schedule"], stages_per_process(params)
+    placement = SCHEDULE_PLACEMENT[schedule]
+    wanted = {"one": "1", "loop": "2 or more", "v": "2"}[placement]
+    if (placement == "one") != (per_process == 1) or (placement == "v" and per_process != 2):
+        raise SettingError(
+            f"train.schedule {schedule} runs {wanted} stages per process, but "
+            f"train.stages_per_process is {per_process}"
+        )
+    stages, micro = stage_count(params), params["microbatches"]
+    processes = max(1, stages // per_process)
+    if schedule in ("1f1b", "dual_pipe_v") and micro < stages:
+        raise SettingError(
+            f"train.schedule {schedule} needs at least as many micro-batches as stages "
+            f"({stages}), but train.microbatches is {micro}"
+        )
+    rounds = max(1, micro // processes)
+    if schedule in ("interleaved_1f1b", "interleaved_zero_bubble") and micro % rounds:
+        raise SettingError(
+            f"train.schedule {schedule} needs train.microbatches ({micro}) to be a multiple "
+            f"of its rounds, microbatches // processes = {rounds}: e.g. a multiple of {processes}"
         )
 
 

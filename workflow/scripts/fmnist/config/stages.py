@@ -18,15 +18,57 @@ def layer_flops(params: dict) -> list[int]:
     return [2 * i * o for i, o in layer_shapes(params)]
 
 
+SCHEDULE_PLACEMENT = {
+    "gpipe": "one",
+    "1f1b": "one",
+    "looped_bfs": "loop",
+    "interleaved_1f1b": "loop",
+    "interleaved_zero_bubble": "loop",
+    "zbv_zero_bubble": "v",
+    "dual_pipe_v": "v",
+}
+"""How each schedule of torch.distributed.pipelining places stages on processes: one stage
+per process; a loop (stage s on process s mod P); or a V (process r holds stages r and
+2P-1-r, so the last stage is back on the first process)."""
+
+
+def stages_per_process(params: dict) -> int:
+    """train.stages_per_process where the distributed engine runs, else 1."""
+    distributed = params.get("engine") == "distributed"
+    return params.get("stages_per_process", 1) if distributed else 1
+
+
 def stage_count(params: dict) -> int:
     """How many stages: train.stage_split's length if given, else one per listed device
-    (two or more), else (auto, or one device for all) the tutorial's two."""
+    (two or more) and stages_per_process in each, else (auto, or one device for all) the
+    tutorial's two per process."""
     split, devices = params["stage_split"], params["devices"]
     if isinstance(split, list):
         return len(split)
     if isinstance(devices, list) and len(devices) > 1:
-        return len(devices)
-    return 2  # hidden_sizes has at least one entry: at least two layers
+        return len(devices) * stages_per_process(params)
+    return 2 * stages_per_process(params)  # hidden_sizes has at least one entry
+
+
+def process_count(params: dict) -> int:
+    """The processes a run trains in: one, or one per stages_per_process stages."""
+    if params.get("engine") != "distributed":
+        return 1
+    return stage_count(params) // stages_per_process(params)
+
+
+def stage_ranks(params: dict) -> list[int]:
+    """The process (rank) of each stage, as the run's schedule places them."""
+    processes, stages = process_count(params), stage_count(params)
+    placement = SCHEDULE_PLACEMENT[params.get("schedule", "gpipe")]
+    if placement == "v":
+        return [s if s < processes else 2 * processes - 1 - s for s in range(stages)]
+    return [s % processes for s in range(stages)]
+
+
+def stages_of(params: dict, rank: int) -> list[int]:
+    """The stages process ``rank`` holds, in order."""
+    return [s for s, r in enumerate(stage_ranks(params)) if r == rank]
 
 
 def balanced_split(costs: list[int], stages: int) -> list[int]:

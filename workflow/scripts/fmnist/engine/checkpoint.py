@@ -45,7 +45,14 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-LAYOUT_SETTINGS = ("devices", "stage_split", "engine", "schedule", "cpu_step")
+LAYOUT_SETTINGS = (
+    "devices",
+    "stage_split",
+    "engine",
+    "schedule",
+    "stages_per_process",
+    "cpu_step",
+)
 """Settings that place the model without changing its numbers: on one kind of device a
 layer computes the same bits whatever stage holds it, the schedules accumulate gradients
 micro-batch by micro-batch in order, and the hand-written CPU step is autograd's bit for

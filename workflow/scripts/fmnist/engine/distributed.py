@@ -1,15 +1,18 @@
-"""The distributed engine: one process (rank) per stage, on torch.distributed.pipelining.
+"""The distributed engine: a process (rank) per stage, or per stages_per_process stages, on
+torch.distributed.pipelining.
 
-What the training loop (fmnist.engine.trainer) asks of an engine, answered for one stage's
-process. Rank r builds the whole model from the seed (so its weights start as the
-single-process engine's do) and keeps stage r only, with its optimizer state. Activations
-and gradients travel between the ranks through the process group, in the order
-ScheduleGPipe or Schedule1F1B gives them; the loss and its arithmetic are the single-process
-engine's (model.microbatch_loss, gradients not rescaled), so both engines give the same bits.
+What the training loop (fmnist.engine.trainer) asks of an engine, answered for one
+process. Rank r builds only its own stages, with the weights they have in the whole model
+(fmnist.engine.model.stage_modules skips the other stages' draws from the seed), and their
+optimizer state. Activations and gradients travel between the ranks through the process
+group, in the order the run's schedule gives them (train.schedule: one stage per process,
+a loop of stages, or a V); the loss and its arithmetic are the single-process engine's
+(model.microbatch_loss, gradients not rescaled), so both engines give the same bits where
+the schedule accumulates the micro-batches' gradients in the same order.
 
 Rank 0 leads: it holds the run-folder lock, writes epochs.csv, checkpoint.pt, timeline.csv,
-run.json and model.pt (the stages' parts gathered, under the single-process names). The
-last rank computes the losses and sends them on. Before every step the ranks agree whether
+run.json and model.pt (from the shards every rank saves, fmnist.engine.checkpoint). The
+rank holding the last stage computes the losses and sends them on. Before every step the ranks agree whether
 to stop (any rank's signal, rank 0's SLURM deadline), so they all stop after the same batch.
 """
 
@@ -19,9 +22,18 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+from torch.distributed.pipelining.schedules import (
+    Schedule1F1B,
+    ScheduleDualPipeV,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+    ScheduleLoopedBFS,
+    ScheduleZBVZeroBubble,
+)
 
-from fmnist.config.stages import stage_split
+from fmnist.config.stages import SCHEDULE_PLACEMENT, stage_ranks, stage_split
 from fmnist.data.idx import DataError
 from fmnist.engine.devices import peak_rss_mb
 from fmnist.engine.model import (
@@ -34,7 +46,15 @@ from fmnist.engine.model import (
 from fmnist.engine.ranks import RankContext
 from fmnist.engine.timeline import Timeline
 
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+SCHEDULES = {
+    "gpipe": ScheduleGPipe,
+    "1f1b": Schedule1F1B,
+    "looped_bfs": ScheduleLoopedBFS,
+    "interleaved_1f1b": ScheduleInterleaved1F1B,
+    "interleaved_zero_bubble": ScheduleInterleavedZeroBubble,
+    "zbv_zero_bubble": ScheduleZBVZeroBubble,
+    "dual_pipe_v": ScheduleDualPipeV,
+}
 CPU = torch.device("cpu")
 
 
@@ -71,23 +91,25 @@ class StageStep:
     def __init__(self, model, optimizer, engine: DistributedEngine, params: dict):
         self.model, self.optimizer, self.engine, self.params = model, optimizer, engine, params
         self.loss = StageLoss(params["microbatches"])
-        self.schedules: dict[tuple, object] = {}
-        self.stages: dict[tuple, PipelineStage] = {}
+        self.schedules: dict[int, object] = {}
+        self.stages: dict[int, list[PipelineStage]] = {}
+        sizes, firsts = layer_sizes(params), first_layers(stage_split(params))
+        self.widths = [sizes[first] for first in firsts]  # each stage's input features
         self._timeline = None
 
-    def schedule(self, rows: int, training: bool = True):
+    def schedule(self, rows: int):
         """The schedule for batches of ``rows`` rows: a stage is set up for one shape."""
-        key = (rows, training)
-        if key not in self.schedules:
-            engine = self.engine
-            stage = PipelineStage(self.model, engine.rank, engine.stages, engine.device)
-            if training:
-                kind = SCHEDULES[self.params["schedule"]]
-                made = kind(stage, self.params["microbatches"], self.loss, scale_grads=False)
-            else:  # evaluation: the whole chunk at once, as the single-process engine
-                made = ScheduleGPipe(stage, 1)
-            self.stages[key], self.schedules[key] = stage, made
-        return self.schedules[key]
+        if rows not in self.schedules:
+            engine, placement = self.engine, SCHEDULE_PLACEMENT[self.params["schedule"]]
+            stages = [
+                PipelineStage(module, s, engine.stage_total, engine.device)
+                for s, module in zip(engine.my_stages, self.model)
+            ]
+            held = stages[0] if placement == "one" else stages
+            kind = SCHEDULES[self.params["schedule"]]
+            made = kind(held, self.params["microbatches"], self.loss, scale_grads=False)
+            self.stages[rows], self.schedules[rows] = stages, made
+        return self.schedules[rows]
 
     def run(self, schedule, x=None, y=None, losses=None, **options):
         """This rank's part of one schedule step: inputs on the first, targets on the last;
@@ -106,7 +128,20 @@ class StageStep:
             loss_out.copy_(sum(loss.detach() for loss in chunk_losses))
 
     def forward(self, x):
-        return self.run(self.schedule(len(x), training=False), x)
+        """Evaluation: the whole chunk through the stages in order, as the single-process
+        engine evaluates it; each activation sent on to the next stage's process. (Not a
+        schedule's eval(): the V-shaped schedules run their backward actions in it too.)"""
+        engine, h = self.engine, torch.flatten(x, 1).to(self.engine.device)
+        for s, stage in zip(engine.my_stages, self.model):
+            before = engine.stage_rank[s - 1] if s else engine.rank
+            if before != engine.rank:
+                h = torch.empty(len(x), self.widths[s], device=engine.ctx.comm_device)
+                dist.recv(h, src=before)
+            h = stage(h.to(engine.device))
+            after = engine.stage_rank[s + 1] if s + 1 < engine.stage_total else engine.rank
+            if after != engine.rank:
+                dist.send(h.to(engine.ctx.comm_device), dst=after)
+        return h if engine.last else None
 
     @property
     def name(self) -> str:
@@ -120,35 +155,43 @@ class StageStep:
     def timeline(self, timeline) -> None:
         """Time the stage's compute of each micro-batch (the waits for its peers are not in)."""
         self.schedule(self.params["batch_size"])
-        stage = self.stages[(self.params["batch_size"], True)]
         self._timeline = timeline
+        for stage in self.stages[self.params["batch_size"]]:
+            time_passes(stage, timeline)
+
+
+TIMED_PASSES = {
+    "forward_one_chunk": "forward",
+    "backward_one_chunk": "backward",
+    "backward_weight_one_chunk": "backward",  # the zero-bubble schedules' weight gradients
+}
+
+
+def time_passes(stage: PipelineStage, timeline) -> None:
+    """Time a stage's compute of each micro-batch (the waits for its peers are not in), or
+    stop timing it (``timeline`` None)."""
+    for method, phase in TIMED_PASSES.items():
+        stage.__dict__.pop(method, None)
         if timeline is None:
-            stage.__dict__.pop("forward_one_chunk", None)
-            stage.__dict__.pop("backward_one_chunk", None)
-            return
-        rank, forward, backward = (
-            self.engine.rank,
-            stage.forward_one_chunk,
-            stage.backward_one_chunk,
-        )
+            continue
+        compute = getattr(stage, method)
 
-        def forward_one_chunk(chunk, *args, **kwargs):
-            with timeline.span(rank, chunk, "forward"):
-                return forward(chunk, *args, **kwargs)
+        def timed(chunk, *args, _compute=compute, _phase=phase, **kwargs):
+            with timeline.span(stage.stage_index, chunk, _phase):
+                return _compute(chunk, *args, **kwargs)
 
-        def backward_one_chunk(chunk, *args, **kwargs):
-            with timeline.span(rank, chunk, "backward"):
-                return backward(chunk, *args, **kwargs)
-
-        stage.forward_one_chunk, stage.backward_one_chunk = forward_one_chunk, backward_one_chunk
+        setattr(stage, method, timed)
 
 
 class DistributedEngine:
     """One stage's process: its device, its peers, and the collectives the loop needs."""
 
-    def __init__(self, ctx: RankContext):
+    def __init__(self, ctx: RankContext, params: dict):
         self.ctx, self.rank, self.stages, self.device = ctx, ctx.rank, ctx.world_size, ctx.device
-        self.first, self.last = self.rank == 0, self.rank == ctx.world_size - 1
+        self.stage_rank = stage_ranks(params)  # where the run's schedule places each stage
+        self.stage_total, self.last_rank = len(self.stage_rank), self.stage_rank[-1]
+        self.my_stages = [s for s, r in enumerate(self.stage_rank) if r == self.rank]
+        self.first, self.last = 0 in self.my_stages, self.rank == self.last_rank
         self.leads = self.first
         self.name = f"stage {self.rank}'s process"
         self.ranks, self.devices = ctx.ranks, ctx.devices
@@ -164,15 +207,21 @@ class DistributedEngine:
     def check_batches(self, rows: int, params: dict) -> None:
         check_last_batch(rows, params["batch_size"], params["microbatches"])
 
-    def build_model(self, params: dict):
-        """This stage alone, with the weights it has in the whole model (the others' draws
-        from the seed are skipped, never held)."""
-        split = stage_split(params)
-        stage = stage_modules(layer_sizes(params), split, params["activation"], {self.rank})
-        return stage[self.rank].to(self.device)
+    def build_model(self, params: dict) -> nn.ModuleList:
+        """This process's stages alone, with the weights they have in the whole model (the
+        others' draws from the seed are skipped, never held)."""
+        built = stage_modules(
+            layer_sizes(params), stage_split(params), params["activation"], set(self.my_stages)
+        )
+        return nn.ModuleList([built[s] for s in self.my_stages]).to(self.device)
 
     def layer_parameters(self, model, params: dict) -> dict:
-        return layer_parameters(model, first_layers(stage_split(params))[self.rank])
+        firsts = first_layers(stage_split(params))
+        return {
+            name: p
+            for s, stage in zip(self.my_stages, model)
+            for name, p in layer_parameters(stage, firsts[s]).items()
+        }
 
     def make_step(self, model, optimizer, params: dict) -> StageStep:
         self.step = StageStep(model, optimizer, self, params)
@@ -198,7 +247,8 @@ class DistributedEngine:
         dist.broadcast_object_list(start, src=0)
         origin, host = start[0]
         same_clock = host == self.ranks[self.rank]["hostname"]
-        return Timeline({self.rank: self.device}, origin if same_clock else None)
+        devices = dict.fromkeys(self.my_stages, self.device)
+        return Timeline(devices, origin if same_clock else None)
 
     def peak_memory(self) -> dict:
         """Each stage process's peak GPU memory since the last epoch, in MB."""
@@ -248,13 +298,13 @@ class DistributedEngine:
         return dist.all_reduce(self.stop_flag, op=dist.ReduceOp.MAX, async_op=True)
 
     def share_losses(self, losses: torch.Tensor) -> None:
-        """The batches' losses, computed by the last rank, to every rank."""
-        dist.broadcast(losses, src=self.stages - 1)
+        """The batches' losses, computed where the last stage is, to every rank."""
+        dist.broadcast(losses, src=self.last_rank)
 
     def share_totals(self, loss_sum: float, correct: int) -> tuple[float, int]:
         """The evaluation's sums, made where the output leaves the pipeline, to every rank."""
         sums = torch.tensor([loss_sum, correct], dtype=torch.float64, device=self.ctx.comm_device)
-        dist.broadcast(sums, src=self.stages - 1)
+        dist.broadcast(sums, src=self.last_rank)
         loss_sum, correct = sums.tolist()
         return loss_sum, int(correct)
 
