@@ -12,8 +12,9 @@ the schedule accumulates the micro-batches' gradients in the same order.
 
 Rank 0 leads: it holds the run-folder lock, writes epochs.csv, checkpoint.pt, timeline.csv,
 run.json and model.pt (from the shards every rank saves, fmnist.engine.checkpoint). The
-rank holding the last stage computes the losses and sends them on. Before every step the ranks agree whether
-to stop (any rank's signal, rank 0's SLURM deadline), so they all stop after the same batch.
+rank holding the last stage computes the losses and sends them on. Before every step the
+ranks agree whether to stop (any rank's signal, rank 0's SLURM deadline), so they all stop
+after the same batch.
 """
 
 from __future__ import annotations
