@@ -143,7 +143,7 @@ GOOD = unit_rows(GPIPE_2x4)
         (
             HEADER,
             replace_cell(GOOD, 5, "phase", "sideways"),
-            "row 7, column phase: 'sideways' is not one of ['forward', 'backward']",
+            "row 7, column phase: 'sideways' is not one of ['forward', 'backward', 'weight']",
         ),
         (HEADER, replace_cell(GOOD, 0, "stage", "1.5"), "row 2, column stage: '1.5' is not an"),
         (HEADER, replace_cell(GOOD, 0, "end_seconds", "nan"), "column end_seconds: 'nan' is not"),

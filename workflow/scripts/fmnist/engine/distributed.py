@@ -164,7 +164,7 @@ class StageStep:
 TIMED_PASSES = {
     "forward_one_chunk": "forward",
     "backward_one_chunk": "backward",
-    "backward_weight_one_chunk": "backward",  # the zero-bubble schedules' weight gradients
+    "backward_weight_one_chunk": "weight",  # the zero-bubble schedules' weight gradients
 }
 
 

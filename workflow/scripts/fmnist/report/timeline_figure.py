@@ -45,6 +45,8 @@ SCHEMA = load_schema("timeline")
 COLUMNS = list(SCHEMA["properties"])
 """The header of every timeline.csv, in order."""
 PHASES = SCHEMA["properties"]["phase"]["enum"]
+PASSES = ("forward", "backward")
+"""What every (stage, micro-batch) has once a step; a weight pass at most once besides."""
 
 
 class TimelineError(runfiles.RunFileError):
@@ -202,24 +204,31 @@ def _check_indices(timeline: pd.DataFrame, microbatches: int, path) -> None:
 
 
 def _check_complete(timeline: pd.DataFrame, microbatches: int, path) -> None:
-    """Every step has each (stage, micro-batch, phase) once."""
+    """Every step has each (stage, micro-batch) forward and backward once, and a weight
+    pass at most once."""
     key = ["step", "stage", "microbatch", "phase"]
     repeated = timeline[timeline.duplicated(key, keep="first")]
     if not repeated.empty:
         raise TimelineError(f"{path}: {_describe(repeated.iloc[0])} is there twice")
     stages = timeline["stage"].max() + 1
-    expected = stages * microbatches * len(PHASES)
-    counts = timeline.groupby("step").size()
-    for step, count in counts.items():
+    expected = stages * microbatches * len(PASSES)
+    passes = timeline[timeline["phase"].isin(PASSES)]
+    for step, count in passes.groupby("step").size().items():
         if count != expected:
-            present = set(map(tuple, timeline.loc[timeline["step"] == step, key[1:]].to_numpy()))
-            wanted = [(s, m, p) for s in range(stages) for m in range(microbatches) for p in PHASES]
+            present = set(map(tuple, passes.loc[passes["step"] == step, key[1:]].to_numpy()))
+            wanted = [(s, m, p) for s in range(stages) for m in range(microbatches) for p in PASSES]
             s, m, p = next(w for w in wanted if w not in present)
             raise TimelineError(
                 f"{path}: step {step} has {count} of its {expected} passes "
-                f"({stages} stages x {microbatches} micro-batches x {len(PHASES)}): "
+                f"({stages} stages x {microbatches} micro-batches x {len(PASSES)}): "
                 f"no {p} of micro-batch {m} on stage {s}"
             )
+
+
+def phases_of(timeline: pd.DataFrame) -> list[str]:
+    """The phases drawn: forward and backward, and weight where the schedule computes
+    weight gradients apart (the zero-bubble ones, for some micro-batches or all)."""
+    return [p for p in PHASES if p in PASSES or p in set(timeline["phase"])]
 
 
 def _check_one_at_a_time(timeline: pd.DataFrame, path) -> None:
@@ -287,8 +296,8 @@ LANE_IN = 0.4
 MARGINS_IN = {"left": 0.75, "right": 0.15, "top": 0.55, "bottom": 0.5, "steps": 0.25}
 STEP_GAP_IN = 0.15
 """Between the steps' panels."""
-PHASE_COLOURS = {"forward": OKABE_ITO[0], "backward": OKABE_ITO[1]}
-LABEL_COLOURS = {"forward": "white", "backward": "black"}  # readable on each box
+PHASE_COLOURS = {"forward": OKABE_ITO[0], "backward": OKABE_ITO[1], "weight": OKABE_ITO[2]}
+LABEL_COLOURS = {"forward": "white", "backward": "black", "weight": "black"}  # readable
 IDLE_COLOUR = "#ECECEC"
 LABEL_SIZES = (6, 5, 4)
 """Micro-batch numbers shrink to fit their box; a box too narrow even for 4 pt has none."""
@@ -405,7 +414,7 @@ def draw_timeline(timeline: pd.DataFrame, pipeline: Pipeline, idle: Idle):
         f"(GPipe formula (K\u22121)/(M+K\u22121) = {idle.gpipe:.2f})",
         va="top",
     )
-    handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in PHASES]
+    handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in phases_of(timeline)]
     handles.append(Patch(facecolor=IDLE_COLOUR, edgecolor="0.6", linewidth=0.4, label="idle"))
     fig.legend(
         handles=handles,
