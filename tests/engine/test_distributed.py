@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from fmnist.report.provenance import provenance_row
+from fmnist.report.timeline_figure import check_timeline, read_timeline
 from fmnist.rundir.files import exclusive_lock
 from fmnist.rundir.runfiles import LOCK_FILE, read_run_dir
 from helpers import (
@@ -345,3 +346,18 @@ def test_a_stage_killed_in_the_middle_of_a_save_leaves_the_previous_checkpoint(
     assert metric_lines(out) == metric_lines(ref.out)
     assert_same_tensors(load_weights(out / "model.pt"), load_weights(ref.out / "model.pt"))
     assert not list(out.glob("checkpoint*"))
+
+
+@pytest.mark.parametrize("case", ["four_interleaved_zero_bubble_m4", "four_dual_pipe_v_m4"])
+def test_zero_bubble_timelines_hold_the_weight_passes(runs, case):
+    """Four stages in two processes: every stage and micro-batch has its forward and
+    backward pass once a step, and the weight gradients computed apart are passes of their
+    own (all of them in interleaved zero bubble; DualPipeV splits only some)."""
+    runs[case].ok()
+    path = runs[case].out / "timeline.csv"
+    timeline = read_timeline(path)
+    check_timeline(timeline, 4, path)
+    assert sorted(set(timeline["stage"])) == [0, 1, 2, 3]
+    weights = timeline[timeline["phase"] == "weight"]
+    per_step = len(weights) / timeline["step"].nunique()
+    assert per_step == 16 if "interleaved" in case else 0 < per_step < 16
