@@ -258,22 +258,29 @@ def test_parse_model():
 
 
 def test_variants_of_a_model():
-    args = argparse.Namespace(models=[(200,), (8, 16)], microbatches=[1, 4], schedules=["gpipe"])
+    args = argparse.Namespace(
+        models=[(200,), (8, 16, 4)], microbatches=[1, 4], schedules=["gpipe", "zbv_zero_bubble"]
+    )
     keys = [v.key for v in build_variants(args)]
-    # the kernel step only where train.py has it (the tutorial's layout); no single m1 twice
+    # the kernel step only where train.py has it (the tutorial's layout); no single m1 twice;
+    # a schedule of two stages per process only where the model has a layer per stage
     assert keys == [
         "200/single_autograd_m1",
         "200/single_kernels_m1",
         "200/single_autograd_m4",
         "200/distributed_gpipe_m1",
         "200/distributed_gpipe_m4",
-        "8+16/single_autograd_m1",
-        "8+16/single_autograd_m4",
-        "8+16/distributed_gpipe_m1",
-        "8+16/distributed_gpipe_m4",
+        "8+16+4/single_autograd_m1",
+        "8+16+4/single_autograd_m4",
+        "8+16+4/distributed_gpipe_m1",
+        "8+16+4/distributed_zbv_zero_bubble_m1",
+        "8+16+4/distributed_gpipe_m4",
+        "8+16+4/distributed_zbv_zero_bubble_m4",
     ]
     distributed = Variant((8, 16), "distributed", 4, "1f1b")
-    assert distributed.options()[-4:] == ["--engine", "distributed", "--schedule", "1f1b"]
+    assert distributed.options()[-6:] == [
+        "--engine", "distributed", "--schedule", "1f1b", "--stages-per-process", "1"
+    ]  # fmt: skip
     single = Variant((8, 16), "single_process", 2, cpu_step="kernels")
     assert single.options()[-2:] == ["--cpu-step", "kernels"]
 

@@ -16,7 +16,9 @@ FLOPs as train.py does):
   single kernels m1    the default hand-written step (only where train.py has it: the
                        tutorial's two-layer layout)
   distributed S mM     --engine distributed --schedule S --microbatches M, for each M in
-                       --microbatches and S in --schedules, 1 thread per stage process
+                       --microbatches and S in --schedules, 1 thread per stage process;
+                       two processes, holding two stages each (four stages) for the
+                       looped and V-shaped schedules
 
 Throughput is epochs.csv's: training samples / training seconds (evaluation excluded),
 over the epochs after the first --warmup-epochs. Speedups are given against the
@@ -60,6 +62,7 @@ from bench.pipeline_variants import (
     RunFailed,
     parse_model,
 )
+from fmnist.config.stages import SCHEDULE_PLACEMENT
 
 DEFAULT_MODELS = ["1024+1024+1024", "256+1024+768+1536", "200"]
 
@@ -104,7 +107,12 @@ def parse_args(argv=None):
         "(default: 4 10; 8 does not divide 100)",
     )
     parser.add_argument(
-        "--schedules", nargs="+", choices=["gpipe", "1f1b"], default=["gpipe", "1f1b"]
+        "--schedules",
+        nargs="+",
+        choices=list(SCHEDULE_PLACEMENT),
+        default=list(SCHEDULE_PLACEMENT),
+        help="train.schedule values (default: all); those holding several stages per process "
+        "run two per process, four stages, where the model has a layer for each",
     )
     parser.add_argument("--epochs", type=positive, default=2, help="epochs per run")
     parser.add_argument(

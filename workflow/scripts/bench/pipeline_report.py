@@ -123,7 +123,10 @@ def _identity(identity: dict) -> list[str]:
     ]
     for pair in identity["pairs"]:
         if not pair["identical"]:
-            lines.append(f"  DIFFERENT: {pair['variant']} vs {pair['reference']}")
+            why = (
+                "" if pair.get("expected", True) else " (expected: gradients summed last to first)"
+            )
+            lines.append(f"  DIFFERENT: {pair['variant']} vs {pair['reference']}{why}")
     for pair in identity["kernels_vs_autograd"]:
         lines.append(
             f"kernels step identical to autograd ({pair['variant']}): "

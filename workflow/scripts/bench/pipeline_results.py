@@ -55,14 +55,27 @@ def _entry(v, rs: list[dict]) -> dict:
     }
 
 
-def _pipeline_costs(m: int, shape, comm: dict) -> dict:
+def bubble_speedup_bound(schedule: str, m: int, per_process: int) -> float:
+    """A schedule's bound on the speedup of P processes over one, from its idle fraction
+    with equal stages and free transfers: GPipe, 1F1B and looped BFS idle (P-1)/(M+P-1) of
+    the step; the interleaved schedules (P-1)/(v*M+P-1) with v stages per process (Narayanan
+    et al. 2021); the zero-bubble ones fill the bubble with weight-gradient passes (Qi et
+    al. 2023): P in their ideal."""
+    p = STAGES
+    if "zero_bubble" in schedule or schedule == "dual_pipe_v":
+        return float(p)
+    v = per_process if schedule.startswith("interleaved") else 1
+    return p * v * m / (v * m + p - 1)
+
+
+def _pipeline_costs(v, shape, comm: dict) -> dict:
     """The bubble's bound on a distributed variant's speedup, and its transfers' cost per
     step as the direct measurement prices them (M round trips + the stop vote)."""
-    k = STAGES
+    m = v.microbatches
     rtt = statistics.median(comm["round_trip_seconds"]["x".join(map(str, shape))])
     vote = statistics.median(comm["all_reduce_seconds"])
     return {
-        "bubble_speedup_bound": k * m / (m + k - 1),
+        "bubble_speedup_bound": bubble_speedup_bound(v.schedule, m, v.stages_per_process),
         "comm_microbenchmark": {
             "boundary_shape": list(shape),
             "round_trip_ms": 1e3 * rtt,
@@ -78,9 +91,7 @@ def variant_entries(variants, runs: dict, comm: dict, shapes: dict) -> dict:
     for v in variants:
         entries[v.key] = _entry(v, runs[v.key])
         if v.engine == "distributed":
-            entries[v.key] |= _pipeline_costs(
-                v.microbatches, shapes[(v.model, v.microbatches)], comm
-            )
+            entries[v.key] |= _pipeline_costs(v, shapes[(v.model, v.microbatches)], comm)
     # speedups: against the same-M single-process run and the model's fastest one
     for v in variants:
         entry = entries[v.key]
@@ -108,7 +119,11 @@ def identity_checks(variants, runs: dict) -> dict:
         theirs = [r["metrics"] for r in runs[reference]]
         ours = [r["metrics"] for r in runs[v.key]]
         same = all(m == theirs[0] for m in theirs + ours)
-        pairs.append({"variant": v.key, "reference": reference, "identical": same})
+        # Looped BFS sums the micro-batches' gradients last to first: other rounding.
+        expected = v.schedule != "looped_bfs"
+        pairs.append(
+            {"variant": v.key, "reference": reference, "identical": same, "expected": expected}
+        )
     kernels = []
     for v in variants:
         if v.cpu_step == "kernels" and v.engine == "single_process":
@@ -119,7 +134,7 @@ def identity_checks(variants, runs: dict) -> dict:
             kernels.append({"variant": v.key, "reference": reference, "identical": same})
     return {
         "columns": METRICS,
-        "identical": all(p["identical"] for p in pairs),
+        "identical": all(p["identical"] for p in pairs if p["expected"]),
         "pairs": pairs,
         "kernels_vs_autograd": kernels,
     }

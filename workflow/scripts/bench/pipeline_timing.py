@@ -43,6 +43,8 @@ def replay_span(step: list) -> float:
                 row = lane[nxt[s]]
                 if row.phase == "forward":
                     dep = (s - 1, row.microbatch, "forward") if s > 0 else None
+                elif row.phase == "weight":  # weight gradients after the stage's backward
+                    dep = (s, row.microbatch, "backward")
                 else:
                     dep = (s + 1, row.microbatch, "backward") if s < last else None
                 if dep is not None and dep not in done:

@@ -1,9 +1,10 @@
 """What benchmark_pipeline.py compares: the models, the variants of each, and one real
 train.py run of a variant (its throughput, metrics and timeline figures).
 
-Every variant is a train.py subprocess with two stages on the CPU and one torch thread per
-process, so that the engines are timed as the workflow runs them. Imports no torch:
-train.py trains in its own process.
+Every variant is a train.py subprocess on the CPU, one torch thread per process, two
+processes for the distributed engine (a stage each, or two each for the schedules that hold
+several: four stages then), so that the engines are timed as the workflow runs them.
+Imports no torch: train.py trains in its own process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist.config import stages
+from fmnist.config.stages import SCHEDULE_PLACEMENT
 from fmnist.data import idx
 from fmnist.rundir import runfiles
 
@@ -94,6 +96,7 @@ class Variant:
     microbatches: int
     schedule: str | None = None  # distributed only
     cpu_step: str = "autograd"  # single_process only
+    stages_per_process: int = 1  # distributed only: 2 for the looped and V schedules
 
     @property
     def model(self) -> str:
@@ -113,7 +116,8 @@ class Variant:
         words = ["--hidden-sizes", *map(str, self.hidden)]
         words += ["--microbatches", str(self.microbatches), "--engine", self.engine]
         if self.engine == "distributed":
-            return [*words, "--schedule", self.schedule]
+            spp = ["--stages-per-process", str(self.stages_per_process)]
+            return [*words, "--schedule", self.schedule, *spp]
         return [*words, "--cpu-step", self.cpu_step]
 
 
@@ -127,9 +131,11 @@ def build_variants(args) -> list[Variant]:
             variants.append(Variant(hidden, "single_process", 1, cpu_step="kernels"))
         variants += [Variant(hidden, "single_process", m) for m in args.microbatches if m != 1]
         variants += [
-            Variant(hidden, "distributed", m, schedule)
+            Variant(hidden, "distributed", m, schedule, stages_per_process=per_process)
             for m in args.microbatches
             for schedule in args.schedules
+            if (per_process := 1 if SCHEDULE_PLACEMENT[schedule] == "one" else 2) == 1
+            or len(hidden) + 1 >= STAGES * per_process  # a layer per stage at least
         ]
     return variants
 
