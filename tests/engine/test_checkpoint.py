@@ -50,3 +50,82 @@ def test_code_digest_covers_the_code_that_shapes_the_numbers_only(tmp_path, monk
             handle.write("\n# an edit to how the numbers are made\n")
         assert checkpoint.code_digest() != same, edited
         same = checkpoint.code_digest()
+
+
+# --------------------------------------------------------------- shards and model.pt
+
+PARAMS = {"hidden_sizes": [30, 20], "activation": "relu", "stage_split": [1, 2]}
+PARAMS |= {"devices": ["cpu", "cpu"], "lr": 0.01, "adam_impl": "for_loop"}
+
+
+def stepped_model(steps: int):
+    from fmnist.engine.model import model_for
+    from fmnist.engine.step import make_optimizer
+
+    torch.manual_seed(0)
+    model = model_for(PARAMS, [CPU, CPU])
+    optimizer = make_optimizer(model, PARAMS)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.rand(8, 784)).square().sum().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def layers_of(model) -> dict:
+    from fmnist.engine.model import first_layers, layer_parameters
+
+    firsts = first_layers(model.split)
+    return {n: p for s, f in zip(model.stages, firsts) for n, p in layer_parameters(s, f).items()}
+
+
+def test_model_pt_written_from_the_shards_is_the_model_s_state_dict(tmp_path, torch_state):
+    """Names, order and bits of model.state_dict(), though written a layer at a time."""
+    from fmnist.engine.model_file import write_model
+
+    model, optimizer = stepped_model(2)
+    checkpoint.save_shards(tmp_path / "checkpoint.1.dcp", layers_of(model), optimizer)
+    write_model(tmp_path / "model.pt", tmp_path / "checkpoint.1.dcp", PARAMS)
+    written = torch.load(tmp_path / "model.pt", weights_only=True)
+    expected = model.state_dict()
+    assert list(written) == list(expected) == [
+        "stages.0.0.weight", "stages.0.0.bias", "stages.1.0.weight", "stages.1.0.bias",
+        "stages.1.2.weight", "stages.1.2.bias",
+    ]  # fmt: skip
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
+
+
+def test_shards_load_into_another_split_by_layer_name(tmp_path, torch_state):
+    """Saved from stages [1, 2], loaded into a model split [2, 1]: the same weights and Adam
+    state, layer by layer."""
+    from fmnist.engine.model import model_for
+    from fmnist.engine.step import make_optimizer
+
+    model, optimizer = stepped_model(3)
+    checkpoint.save_shards(tmp_path / "shards", layers_of(model), optimizer)
+    other_params = {**PARAMS, "stage_split": [2, 1]}
+    other = model_for(other_params, [CPU, CPU])
+    other_optimizer = make_optimizer(other, other_params)
+    checkpoint.load_shards(tmp_path / "shards", layers_of(other), other_optimizer)
+    mine, theirs = layers_of(model), layers_of(other)
+    assert list(mine) == list(theirs)
+    for name, p in mine.items():
+        assert torch.equal(p, theirs[name]), name
+        for key in checkpoint.ADAM_STATE:
+            assert torch.equal(optimizer.state[p][key], other_optimizer.state[theirs[name]][key])
+
+
+def test_a_fresh_optimizer_saved_and_loaded_steps_as_a_fresh_one(tmp_path, torch_state):
+    """No step taken yet: the shards hold the zeros Adam starts from, and an optimizer
+    loaded from them takes the same first step, to the bit, as one never saved."""
+    model, optimizer = stepped_model(0)
+    checkpoint.save_shards(tmp_path / "shards", layers_of(model), optimizer)
+    twin, twin_optimizer = stepped_model(0)
+    checkpoint.load_shards(tmp_path / "shards", layers_of(twin), twin_optimizer)
+    assert all(float(s["step"]) == 0 for s in twin_optimizer.state.values())
+    x = torch.rand(8, 784)
+    for m, o in ((model, optimizer), (twin, twin_optimizer)):
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))

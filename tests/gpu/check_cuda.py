@@ -326,6 +326,26 @@ def resume(ctx: Context, figures: dict) -> None:
     expect(figures["bitwise_uninterrupted"], "the resumed run differs from the uninterrupted one")
 
 
+@check("resume_other_layout", quick=True)
+def resume_other_layout(ctx: Context, figures: dict) -> None:
+    """Stopped mid-epoch 2 with two stages on cuda:0, resumed as one stage on cuda:0 (its
+    shards read by layer name): a layer's GPU kernels do not depend on its stage, so the
+    two-stage run's bits (the CPU tests prove it on the CPU)."""
+    devices, per_epoch = ["cuda:0", "cuda:0"], ctx.batches_per_epoch()
+    whole = ctx.train(f"{layout_key(devices, 1)}_a", devices)
+    stopped = ctx.train("other_layout", devices, env=stop_after(per_epoch * 3 // 2, "self"))
+    whole.finish()
+    stopped.finish(expect=75)
+    del ctx.runs["other_layout"]
+    again = ctx.finished("other_layout", ["cuda:0"], stage_split=[2])
+    expect("resuming from" in again.output, "the second attempt did not resume")
+    mine, theirs = again.weights(), whole.weights()
+    figures["bitwise_uninterrupted"] = again.metrics() == whole.metrics() and all(
+        a.equal(b) for a, b in zip(mine.values(), theirs.values())
+    )
+    expect(figures["bitwise_uninterrupted"], "the run resumed as one stage differs")
+
+
 def one_gpu(ctx: Context) -> str | None:
     return None if ctx.gpus == 1 and not ctx.rehearse else "for exactly one visible GPU"
 

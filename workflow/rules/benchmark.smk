@@ -58,6 +58,25 @@ rule benchmark_pipeline:
         " --out {output:q} > {log:q} 2>&1"
 
 
+# Peak memory per process: each engine, 2 and 3 stages, and a model over a per-process limit.
+rule benchmark_memory:
+    output:
+        "results/benchmark/memory.json",
+    log:
+        "results/logs/benchmark/memory.log",
+    conda:
+        "../envs/pytorch.yaml"
+    threads: 2
+    resources:
+        cpus_per_task=BENCHMARK_RESOURCES["cpus_per_task"],
+        mem_mb=BENCHMARK_RESOURCES["mem_mb"],
+        runtime=BENCHMARK_RESOURCES["runtime"],
+    params:
+        script=script_path("benchmark_memory.py"),
+    shell:
+        "python {params.script:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule benchmark_summary:
     input:
         step="results/benchmark/step.json",
@@ -78,7 +97,8 @@ rule benchmark_summary:
         " --pipeline-figure {output.pipeline_png:q} > {log:q} 2>&1"
 
 
-# The target: both benchmarks, their tables and figures.
+# The target: the benchmarks, their tables and figures.
 rule benchmark:
     input:
         rules.benchmark_summary.output,
+        rules.benchmark_memory.output,

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--limit-model",
-        type=model_and_stages,
+        type=lambda text: None if text == "none" else model_and_stages(text),
         default=model_and_stages("131072+784:2"),
         help="the model trained under --limit-gb (default 131072+784: 206 M weights, 3.1 GB "
         "with gradients and Adam); none: skip",
@@ -77,9 +77,10 @@ def main(argv=None) -> int:
             found = scaling(data, root, hidden, stages)
             results["scaling"].append(found)
             print(json.dumps(found), flush=True)
-        hidden, _ = args.limit_model
-        results["limit"] = over_the_limit(data, root, hidden, args.limit_gb)
-        print(json.dumps(results["limit"]), flush=True)
+        if args.limit_model is not None:
+            hidden, _ = args.limit_model
+            results["limit"] = over_the_limit(data, root, hidden, args.limit_gb)
+            print(json.dumps(results["limit"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
