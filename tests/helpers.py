@@ -277,6 +277,7 @@ DEFAULT_SETTINGS = {
     "microbatches": 1,
     "engine": "single_process",
     "schedule": "gpipe",
+    "stages_per_process": 1,
     "adam_impl": "for_loop",
     "cpu_step": "kernels",
 }

@@ -202,7 +202,7 @@ BAD_CONFIGS = {
     ),
     "distributed-one-stage": (
         {"train": {"engine": "distributed", "devices": ["cpu"], "stage_split": [2]}},
-        ["train.engine distributed runs the stages in processes of 1, but this model has 1"],
+        ["train.engine distributed needs two processes or more, but this model's 1 stage(s)"],
     ),
     "looped-schedule-one-stage-per-process": (
         {"train": {"engine": "distributed", "schedule": "interleaved_1f1b"}},

@@ -1,12 +1,14 @@
-"""Memory scales with the stage, not the model: each stage process of a two-stage run needs
-well under the memory of the single process training the same model (run.json's
-peak_rss_mb, the kernel's peak resident set of each process).
+"""Memory scales with the stage, not the model: each stage process of a two-stage run peaks
+well below the single process training the same model (run.json's peak_rss_mb, the kernel's
+peak resident set of each process).
 
-What a model adds to a process is measured against the same engine with a tiny model (torch
-itself, the data and the process group: about 0.7 GB here). Two equal layers of 12.8 M
-weights (103 MB, 411 MB with gradients and Adam): the single process adds ~520 MB, each
-stage process ~300 MB, about half plus Adam's temporaries for its largest layer.
-workflow/scripts/bench/memory_benchmark.py gives the exact ratios for 2 and 3 stages.
+Two equal layers of 51.4 M weights (206 MB; 822 MB with gradients and Adam's two moments):
+one process holds all of it, a stage process half, so each stage process should peak about
+411 MB below the single process (less torch's Adam temporaries, the size of a stage's
+largest parameter, which the single process has too). Both peaks also hold torch itself and
+the data (~0.7 GB, partly shared library pages that the kernel may drop under pressure, the
+reason for comparing the two runs directly and for the margin).
+workflow/scripts/benchmark_memory.py gives the exact ratios for 2 and 3 stages.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from helpers import Run, cli
 
 pytestmark = pytest.mark.distributed
 
-LARGE = [16384, 784]  # 784 -> 16384 -> 784 -> 10: two stages of 12.8 M weights each
-TINY = [10]
+LARGE = [65536, 784]  # 784 -> 65536 -> 784 -> 10: two stages of 51.4 M weights each
+STATE_MB = 16 * (785 * 65536 + 65537 * 784 + 785 * 10) / 2**20  # 4 float32 per weight
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +35,16 @@ def small_data(tmp_path_factory) -> Path:
     return folder
 
 
-def peaks(data: Path, out: Path, hidden: list[int], **options) -> list[float]:
-    Run(out, cli(data, out, hidden_sizes=hidden, epochs=1, **options)).ok()
+def peaks(data: Path, out: Path, **options) -> list[float]:
+    Run(out, cli(data, out, hidden_sizes=LARGE, epochs=1, **options)).ok()
     (attempt,) = json.loads((out / "run.json").read_text())["attempts"]
     return attempt["peak_rss_mb"]
 
 
-def test_each_stage_process_needs_about_half_of_the_single_process(small_data, tmp_path):
-    (single_base,) = peaks(small_data, tmp_path / "single_tiny", TINY)
-    (single,) = peaks(small_data, tmp_path / "single", LARGE)
-    stages_base = peaks(small_data, tmp_path / "stages_tiny", TINY, engine="distributed")
-    stages = peaks(small_data, tmp_path / "stages", LARGE, engine="distributed")
-    model_in_single = single - single_base
-    assert model_in_single > 411  # the weights, their gradients and Adam's two moments
-    for rank, (peak, base) in enumerate(zip(stages, stages_base)):
-        assert peak - base < 0.75 * model_in_single, (rank, stages, single, single_base)
+def test_each_stage_process_peaks_well_below_the_single_process(small_data, tmp_path):
+    (single,) = peaks(small_data, tmp_path / "single")
+    stages = peaks(small_data, tmp_path / "stages", engine="distributed")
+    assert single > STATE_MB  # the whole training state is in the one process
+    for rank, peak in enumerate(stages):
+        # expected: about STATE_MB / 2 (411 MB) below; asserted: at least a quarter of it
+        assert single - peak > STATE_MB / 4, (rank, stages, single)

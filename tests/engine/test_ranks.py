@@ -192,7 +192,7 @@ def test_srun_starts_one_task_per_stage_with_its_cpus_and_gpu():
 @pytest.mark.parametrize(
     ("overlay", "message"),
     [
-        ({"devices": ["cpu"]}, "this model has one stage"),
+        ({"devices": ["cpu"]}, "needs two processes or more"),
         ({"devices": ["cpu", "cuda"]}, "the same kind of device"),
         ({"microbatches": 3}, "multiple of train.microbatches"),
         ({"devices": ["cuda:0", "cuda:0"]}, r"\[cuda:0, cuda:0\]|puts several stages on cuda:0"),

@@ -311,6 +311,14 @@ def test_settings_of_another_version_are_refused(tmp_path, monkeypatch):
         plan(source="old").options("r")
 
 
+def test_a_record_from_before_stages_per_process_is_read_with_one(tmp_path, monkeypatch):
+    """A setting added later (settings.ADDED_LATER) takes the value every earlier run had."""
+    monkeypatch.chdir(tmp_path)
+    old = {k: v for k, v in PARAMS.items() if k != "stages_per_process"}
+    write_run_folder(tmp_path / "old", "r", ROWS, old)
+    assert "--stages-per-process 1" in plan(source="old").options("r")
+
+
 def test_the_default_target_keeps_a_verification_once_made(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert plan().kept_up_to_date(["a"]) == []

@@ -65,10 +65,11 @@ def check_distributed(params: dict) -> None:
     micro-batches (a pipeline stage receives tensors of the one shape it was set up for)."""
     check_schedule(params)
     if process_count(params) < 2:
+        stages, per_process = stage_count(params), stages_per_process(params)
         raise SettingError(
-            f"train.engine distributed runs the stages in processes of "
-            f"{stages_per_process(params)}, but this model has {stage_count(params)}: list a "
-            "device per process in train.devices or give train.stage_split"
+            f"train.engine distributed needs two processes or more, but this model's {stages} "
+            f"stage(s), {per_process} per process, make one: list a device per process in "
+            "train.devices or give train.stage_split"
         )
     devices = params["devices"]
     if devices != "auto" and len({name.split(":")[0] for name in devices}) > 1:

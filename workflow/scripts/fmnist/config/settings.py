@@ -21,6 +21,9 @@ from fmnist.schemas import load_schema
 CONFIG_SCHEMA = load_schema("config")
 TRAIN_SCHEMA = CONFIG_SCHEMA["properties"]["train"]["properties"]
 TRAIN_KEYS = list(TRAIN_SCHEMA)
+ADDED_LATER = {"stages_per_process": 1}
+"""Settings added after run.json's format 2, each with the value every run recorded before
+it had (one stage per process, 2026-12-03): a record without them is read with it."""
 
 
 class SettingError(ValueError):

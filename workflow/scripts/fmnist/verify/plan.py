@@ -148,7 +148,7 @@ class VerifyPlan:
         if self.local and run in self.config_runs:
             return self.config_runs[run], run, list(self.swept)
         record = self.record(run)
-        params = record["params"]
+        params = settings.ADDED_LATER | record["params"]
         missing = [k for k in settings.TRAIN_KEYS if k not in params]
         extra = [k for k in params if k not in settings.TRAIN_KEYS]
         if missing or extra:
