@@ -669,6 +669,10 @@ def bogus_checkpoints(synthetic_data, tmp_path, real: Trainer) -> dict:
             {**mine, "fingerprint": "9f86d081884c7d65"},
             "was written by an older version of this workflow",
         ),
+        "one file, before the shards": (
+            {k: v for k, v in mine.items() if k != "shards"} | {"model": {}, "optimizer": {}},
+            "was written by an older version of this workflow (in one file)",
+        ),
     }
 
 

@@ -238,6 +238,9 @@ def _read_position(path: Path, expected_fingerprint: dict):
     except Exception as err:  # a damaged checkpoint must not block a fresh start
         set_aside(path, f"is unreadable ({err})")
         return None
+    if isinstance(state, dict) and {"fingerprint", "model", "optimizer"} <= set(state):
+        set_aside(path, "was written by an older version of this workflow (in one file)")
+        return None
     if not isinstance(state, dict) or set(state) != POSITION_KEYS:
         set_aside(path, "is not a training checkpoint of this workflow")
         return None
