@@ -73,10 +73,9 @@ def stepped_model(steps: int):
 
 
 def layers_of(model) -> dict:
-    from fmnist.engine.model import first_layers, layer_parameters
+    from fmnist.engine.model import layer_parameters
 
-    firsts = first_layers(model.split)
-    return {n: p for s, f in zip(model.stages, firsts) for n, p in layer_parameters(s, f).items()}
+    return layer_parameters(dict(enumerate(model.stages)), model.split)
 
 
 def test_model_pt_written_from_the_shards_is_the_model_s_state_dict(tmp_path, torch_state):

@@ -32,8 +32,11 @@ def check_stages(params: dict) -> None:
         if sum(split) != layers:
             raise SettingError(f"train.stage_split {split} assigns {sum(split)} layers; {model}")
         per_process = stages_per_process(params)
-        listed = len(devices) * per_process if isinstance(devices, list) else len(split)
-        if len(devices) > 1 and listed != len(split):
+        if (
+            isinstance(devices, list)
+            and len(devices) > 1
+            and len(devices) * per_process != len(split)
+        ):
             each = "process" if per_process > 1 else "stage"
             raise SettingError(
                 f"train.devices lists {len(devices)} devices but train.stage_split {split} "
@@ -98,7 +101,7 @@ def check_schedule(params: dict) -> None:
             f"train.stages_per_process is {per_process}"
         )
     stages, micro = stage_count(params), params["microbatches"]
-    processes = max(1, stages // per_process)
+    processes = max(1, process_count(params))
     if schedule in ("1f1b", "dual_pipe_v") and micro < stages:
         raise SettingError(
             f"train.schedule {schedule} needs at least as many micro-batches as stages "

@@ -66,11 +66,6 @@ def stage_ranks(params: dict) -> list[int]:
     return [s % processes for s in range(stages)]
 
 
-def stages_of(params: dict, rank: int) -> list[int]:
-    """The stages process ``rank`` holds, in order."""
-    return [s for s, r in enumerate(stage_ranks(params)) if r == rank]
-
-
 def balanced_split(costs: list[int], stages: int) -> list[int]:
     """Layers per stage: contiguous blocks that minimise the costliest stage (ties: the
     split whose layer counts come first in order)."""

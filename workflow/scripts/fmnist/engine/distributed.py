@@ -217,12 +217,7 @@ class DistributedEngine:
         return nn.ModuleList([built[s] for s in self.my_stages]).to(self.device)
 
     def layer_parameters(self, model, params: dict) -> dict:
-        firsts = first_layers(stage_split(params))
-        return {
-            name: p
-            for s, stage in zip(self.my_stages, model)
-            for name, p in layer_parameters(stage, firsts[s]).items()
-        }
+        return layer_parameters(dict(zip(self.my_stages, model)), stage_split(params))
 
     def make_step(self, model, optimizer, params: dict) -> StageStep:
         self.step = StageStep(model, optimizer, self, params)

@@ -105,14 +105,16 @@ def layer_sizes(params: dict) -> list[int]:
     return [INPUT_SIZE, *([hidden] if isinstance(hidden, int) else hidden), OUTPUT_SIZE]
 
 
-def layer_parameters(stage: nn.Module, first_layer: int) -> dict[str, torch.Tensor]:
-    """A stage's parameters under the names they have whatever the stage split:
-    layers.{j}.weight and layers.{j}.bias for the model's j-th Linear (the names of the
-    checkpoints, which a run may resume from with another split)."""
-    linears = [m for m in stage.modules() if isinstance(m, nn.Linear)]
+def layer_parameters(stages: dict[int, nn.Module], split: list[int]) -> dict[str, torch.Tensor]:
+    """The parameters of the stages held (stage index -> its module) under the names they
+    have whatever the stage split: layers.{j}.weight and layers.{j}.bias for the model's
+    j-th Linear (the names of the checkpoints, which a run may resume from with another
+    split)."""
+    firsts = first_layers(split)
     return {
-        f"layers.{first_layer + k}.{name}": p
-        for k, linear in enumerate(linears)
+        f"layers.{firsts[s] + k}.{name}": p
+        for s, stage in stages.items()
+        for k, linear in enumerate(m for m in stage.modules() if isinstance(m, nn.Linear))
         for name, p in linear.named_parameters()
     }
 
@@ -128,11 +130,8 @@ def single_process_names(params: dict) -> dict[str, str]:
     with torch.device("meta"):
         model = model_for(params, [torch.device("meta")] * len(stage_split(params)))
     by_param = {p: name for name, p in model.named_parameters()}
-    return {
-        layer_name: by_param[p]
-        for stage, first in zip(model.stages, first_layers(model.split))
-        for layer_name, p in layer_parameters(stage, first).items()
-    }
+    layers = layer_parameters(dict(enumerate(model.stages)), model.split)
+    return {layer_name: by_param[p] for layer_name, p in layers.items()}
 
 
 def model_for(params: dict, devices: list[torch.device]) -> ModelParallelMLP:

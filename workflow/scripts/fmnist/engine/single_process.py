@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fmnist.engine.devices import peak_rss_mb
-from fmnist.engine.model import first_layers, layer_parameters, model_for
+from fmnist.engine.model import layer_parameters, model_for
 from fmnist.engine.step import make_step
 from fmnist.engine.timeline import Timeline
 
@@ -35,10 +35,7 @@ class SingleProcessEngine:
         return model_for(params, self.devices)
 
     def layer_parameters(self, model, params: dict) -> dict:
-        firsts = first_layers(model.split)
-        return {
-            n: p for s, f in zip(model.stages, firsts) for n, p in layer_parameters(s, f).items()
-        }
+        return layer_parameters(dict(enumerate(model.stages)), model.split)
 
     def make_step(self, model, optimizer, params: dict):
         return make_step(model, optimizer, params["batch_size"], params)
