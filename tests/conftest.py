@@ -87,6 +87,20 @@ def slurm_cluster():
         yield conf
 
 
+MULTI_NODE = 3  # nodes of the multi-node test cluster: a job on two, one to spare
+
+
+@pytest.fixture
+def multinode_cluster():
+    """The multi-node test cluster's SLURM_CONF, set in os.environ for one test (it runs
+    beside the session's one-node cluster, with its own state folder, ports and name)."""
+    conf = start_slurm_cluster(MULTI_NODE)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", conf)
+        patch.setenv("PATH", f"{cluster_bin(conf)}{os.pathsep}{os.environ['PATH']}")
+        yield conf
+
+
 class FinishedWorkflow:
     """A copy of the workflow after `snakemake`, `snakemake verify` and `--report`, with
     what each printed. Read it; to change anything, take a ``workflow_copy``."""

@@ -3,6 +3,7 @@ test SLURM cluster. Imported as ``helpers``; fixtures are in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -455,18 +457,20 @@ START_SCRIPT = REPO_ROOT / "tests/slurm/start_cluster.sh"
 
 
 @functools.cache
-def start_slurm_cluster() -> str:
-    """Start (or confirm) the test cluster; its SLURM_CONF path (the script's last line).
+def start_slurm_cluster(nodes: int = 1) -> str:
+    """Start (or confirm) the test cluster of ``nodes`` nodes; its SLURM_CONF path (the
+    script's last line).
 
     The cluster is self-contained (its own config, munged, MariaDB and ports, all under
-    its state folder, /var/tmp/mp-slurm-test-v2 by default): only clients that read this
-    SLURM_CONF talk to it.
+    its state folder, /var/tmp/mp-slurm-test-v2 by default, -3nodes appended for three):
+    only clients that read this SLURM_CONF talk to it.
     """
     start = subprocess.run(
         ["bash", str(START_SCRIPT)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=os.environ | {"SLURM_TEST_NODES": str(nodes)},
     )
     assert start.returncode == 0, (
         f"SLURM test cluster did not start:\n{start.stdout}\n{start.stderr}"
@@ -526,3 +530,39 @@ def interrupt(run: Run, sig: int, target: str = "launcher") -> float:
     sent = time.monotonic()
     run.result()
     return time.monotonic() - sent
+
+
+REQUEUE_SETTLE_S = 5.0  # seconds a requeued job waits before it is released
+
+
+@contextlib.contextmanager
+def requeued_jobs_released():
+    """Start requeued jobs early, as an admin can, instead of after SLURM's ~2 minutes of
+    BeginTime: the behaviour under test is the same, the suite just waits less. A job is
+    released a few seconds after its requeue, not at once: slurmd must first have cleaned
+    up its previous allocation, or the new one fails with "Job credential revoked".
+    The cluster is the one SLURM_CONF names while this runs."""
+    stop = threading.Event()
+    waiting_since: dict[str, float] = {}
+
+    def release():
+        while not stop.wait(1.0):
+            pending = subprocess.run(
+                ["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True
+            ).stdout.split("\n")
+            for job, _, reason in (line.partition(" ") for line in pending if line):
+                if reason != "BeginTime":  # not (or no longer) held back after a requeue
+                    waiting_since.pop(job, None)
+                    continue
+                since = waiting_since.setdefault(job, time.monotonic())
+                if time.monotonic() - since >= REQUEUE_SETTLE_S:
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+                    del waiting_since[job]
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)

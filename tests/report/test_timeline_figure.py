@@ -14,6 +14,8 @@ from helpers import DEFAULT_SETTINGS, SCRIPTS_DIR, make_record, run_script
 
 SCRIPT = SCRIPTS_DIR / "plot_timeline.py"
 HEADER = "step,stage,microbatch,phase,start_seconds,end_seconds"
+"""The header of files from before the clock columns, still read as one clock."""
+CLOCK_HEADER = HEADER + ",host,clock_error_seconds"
 
 # Two stages, four micro-batches, every pass 1 s: (stage, micro-batch, phase, start).
 GPIPE_2x4 = [
@@ -125,11 +127,11 @@ GOOD = unit_rows(GPIPE_2x4)
     "header, rows, message",
     [
         (
-            "step,stage,microbatch,start_seconds,end_seconds",
-            [r[:3] + r[4:] for r in GOOD],
-            "timeline.csv: missing column(s) phase; the header must be " + HEADER,
+            "step,stage,microbatch,start_seconds,end_seconds,host,clock_error_seconds",
+            [(*r[:3], *r[4:], "h", 0.0) for r in GOOD],
+            "timeline.csv: missing column(s) phase; the header must be " + CLOCK_HEADER,
         ),
-        (HEADER + ",note", [(*r, "x") for r in GOOD], "unknown column(s) note"),
+        (CLOCK_HEADER + ",note", [(*r, "h", 0.0, "x") for r in GOOD], "unknown column(s) note"),
         (
             HEADER,
             replace_cell(GOOD, 2, "start_seconds", -0.5),
@@ -295,3 +297,34 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
         assert result.stderr.startswith("plot_timeline.py: error: ") and message in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "f.png").exists()
+
+
+def on_hosts(rows, hosts: dict[int, str], error: dict[int, float]) -> list[tuple]:
+    """The rows with the clock columns: each stage's host and its clock's error bound."""
+    return [(*r, hosts[r[1]], error[r[1]]) for r in rows]
+
+
+def test_stages_on_two_hosts_say_how_their_clocks_were_aligned(tmp_path):
+    rows = on_hosts(GOOD, {0: "node1", 1: "node2"}, {0: 0.0, 1: 0.0004})
+    path = write_timeline(tmp_path / "timeline.csv", rows, CLOCK_HEADER)
+    timeline = bubble.read_timeline(path)
+    bubble.check_timeline(timeline, 4, path)
+    assert bubble.clock_note(timeline) == (
+        "; hosts node1, node2: clocks aligned at a barrier, within 0.4 ms"
+    )
+    # On one host (or in a file from before the clock columns) there is one clock.
+    one_host = write_timeline(
+        tmp_path / "one.csv", on_hosts(GOOD, {0: "n", 1: "n"}, {0: 0, 1: 0}), CLOCK_HEADER
+    )
+    assert bubble.clock_note(bubble.read_timeline(one_host)) == ""
+    older = bubble.read_timeline(write_timeline(tmp_path / "older.csv", GOOD))
+    assert bubble.clock_note(older) == "" and set(older["clock_error_seconds"]) == {0.0}
+
+
+def test_a_negative_clock_error_is_an_error_naming_its_row(tmp_path):
+    rows = on_hosts(GOOD, {0: "a", 1: "b"}, {0: 0.0, 1: -1.0})
+    path = write_timeline(tmp_path / "timeline.csv", rows, CLOCK_HEADER)
+    with pytest.raises(
+        bubble.TimelineError, match="row 6, column clock_error_seconds: -1.0 is less"
+    ):
+        bubble.read_timeline(path)

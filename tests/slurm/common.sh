@@ -13,15 +13,23 @@
 # Debian keeps the daemons in /usr/sbin, which a non-login PATH may lack.
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
 
-STATE_DIR="${SLURM_TEST_STATE:-/var/tmp/mp-slurm-test-v2}"
+# Nodes: one (the default, node "localhost" on 127.0.0.1), or N "nodeI" each in its own
+# network, host-name and mount namespace (see MULTI-NODE below). A cluster of N nodes has
+# its own defaults for the state folder, name and ports, so it runs beside the one-node one.
+NODE_COUNT="${SLURM_TEST_NODES:-1}"
+if [[ $NODE_COUNT == 1 || ! $NODE_COUNT =~ ^[0-9]$ ]]; then
+    DEFAULT_SUFFIX="" DEFAULT_PORT=16817
+else
+    DEFAULT_SUFFIX="-${NODE_COUNT}nodes" DEFAULT_PORT=$((16817 + 10 * (NODE_COUNT - 1)))
+fi
+STATE_DIR="${SLURM_TEST_STATE:-/var/tmp/mp-slurm-test-v2$DEFAULT_SUFFIX}"
 STATE_DIR="${STATE_DIR%/}"
-CLUSTER_NAME="${SLURM_TEST_CLUSTER:-testcluster}"
+CLUSTER_NAME="${SLURM_TEST_CLUSTER:-testcluster${DEFAULT_SUFFIX//-/_}}"
 GPU_COUNT="${SLURM_TEST_GPUS:-2}"
-CTLD_PORT="${SLURM_TEST_CTLD_PORT:-16817}"     # SlurmctldPort (SLURM's default: 6817)
-SLURMD_PORT="${SLURM_TEST_SLURMD_PORT:-16818}" # SlurmdPort (6818)
-DBD_PORT="${SLURM_TEST_DBD_PORT:-16819}"       # DbdPort = AccountingStoragePort (6819)
+CTLD_PORT="${SLURM_TEST_CTLD_PORT:-$DEFAULT_PORT}"            # SlurmctldPort (SLURM's: 6817)
+SLURMD_PORT="${SLURM_TEST_SLURMD_PORT:-$((DEFAULT_PORT + 1))}" # SlurmdPort (6818)
+DBD_PORT="${SLURM_TEST_DBD_PORT:-$((DEFAULT_PORT + 2))}"       # DbdPort = AccountingStoragePort (6819)
 PARTITION="debug"
-NODE="localhost"
 
 CONF_DIR="$STATE_DIR/etc"         # slurm.conf, gres.conf, slurmdbd.conf
 LOG_DIR="$STATE_DIR/log"          # slurm daemons' and MariaDB's logs
@@ -65,7 +73,35 @@ MUNGED_PID="$MUNGE_RUN/munged.pid"
 MARIADB_PID="$DB_RUN/mariadbd.pid"
 SLURMDBD_PID="$RUN_DIR/slurmdbd.pid"
 SLURMCTLD_PID="$RUN_DIR/slurmctld.pid"
-SLURMD_PID="$RUN_DIR/slurmd.pid"
+
+# ------------------------------------------------------------- MULTI-NODE
+# Each node of a multi-node cluster: a network namespace (NETNS_PREFIX + name) joined by a
+# veth pair (VETH_PREFIX + number) to a bridge (BRIDGE) that holds the controller's address
+# in this machine's namespace; a UTS namespace with the node's name; a mount namespace
+# whose /etc/hosts (HOSTS_FILE) names every node, as a cluster's DNS would. The names are
+# derived from the controller's port, so two test clusters never share one.
+multi_node() { ((NODE_COUNT > 1)); }
+if [[ $NODE_COUNT =~ ^[0-9]$ ]] && multi_node; then
+    NODES=()
+    for ((i = 1; i <= NODE_COUNT; i++)); do NODES+=("node$i"); done
+    SUBNET="10.217.$((CTLD_PORT % 256))" # a /24 for this cluster
+    CTLD_ADDR="$SUBNET.1"
+else
+    NODES=(localhost)
+    CTLD_ADDR="127.0.0.1"
+fi
+BRIDGE="mpsl$CTLD_PORT"
+VETH_PREFIX="mpsl${CTLD_PORT}v"
+NETNS_PREFIX="mpsl$CTLD_PORT-"
+HOSTS_FILE="$CONF_DIR/hosts"
+
+node_addr() { echo "$SUBNET.$((10 + ${1#node}))"; }      # node3 -> 10.217.x.13
+node_netns() { echo "$NETNS_PREFIX$1"; }
+node_veth() { echo "$VETH_PREFIX${1#node}"; }
+
+# A slurmd's pid and log file: one per node name (slurm.conf gives them with %n).
+slurmd_pid_file() { multi_node && echo "$RUN_DIR/slurmd-$1.pid" || echo "$RUN_DIR/slurmd.pid"; }
+slurmd_log() { multi_node && echo "$LOG_DIR/slurmd-$1.log" || echo "$LOG_DIR/slurmd.log"; }
 
 # The previous version of these scripts (configs in /etc/slurm, default ports,
 # munged and MariaDB on the system sockets) kept its state here.

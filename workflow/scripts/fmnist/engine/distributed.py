@@ -237,14 +237,20 @@ class DistributedEngine:
 
     def start_timeline(self) -> Timeline:
         """Every rank's clock starts when a barrier releases them; on rank 0's host the
-        ranks take its start (one monotonic clock per host, so those stages line up)."""
+        ranks take its start (one monotonic clock per host, so those stages line up).
+        Another host's clock is its own: the release reached it within one round trip of
+        a barrier, measured here, which bounds how far its times may be off rank 0's."""
         dist.barrier()
-        start = [(time.perf_counter(), self.ranks[0]["hostname"])]
+        released = time.perf_counter()
+        start = [released]
         dist.broadcast_object_list(start, src=0)
-        origin, host = start[0]
-        same_clock = host == self.ranks[self.rank]["hostname"]
+        before = time.perf_counter()
+        dist.barrier()
+        round_trip = time.perf_counter() - before
         devices = dict.fromkeys(self.my_stages, self.device)
-        return Timeline(devices, origin if same_clock else None)
+        if self.ranks[0]["hostname"] == self.ranks[self.rank]["hostname"]:
+            return Timeline(devices, start[0])
+        return Timeline(devices, released, clock_error=round_trip)
 
     def peak_memory(self) -> dict:
         """Each stage process's peak GPU memory since the last epoch, in MB."""

@@ -3,9 +3,10 @@
 A Timeline takes one timestamp before and one after every forward and backward pass of a
 stage on a micro-batch: the wall clock on the CPU, CUDA events on a GPU (the host only
 queues the work; the events say when the GPU ran it). Times are seconds since the start
-of the recorded window, one clock for all stages: in the distributed engine each rank
-starts its clock when a barrier releases them together, or, on rank 0's host, takes rank 0's
-start (one monotonic clock per host, so those stages line up exactly).
+of the recorded window: in the distributed engine each rank starts its clock when a
+barrier releases them together, or, on rank 0's host, takes rank 0's start (one monotonic
+clock per host, so those stages line up exactly). Each row names the host whose clock
+timed it and how far that clock may be off rank 0's (0 on its host).
 workflow/scripts/fmnist/report/timeline_figure.py
 reads the file and draws it (workflow/schemas/timeline.schema.yaml is its format).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,10 @@ import torch
 from fmnist.rundir.files import atomic_write_text
 from fmnist.rundir.runfiles import TIMELINE_FILE
 
-COLUMNS = ["step", "stage", "microbatch", "phase", "start_seconds", "end_seconds"]
+COLUMNS = [
+    *("step", "stage", "microbatch", "phase", "start_seconds", "end_seconds"),
+    *("host", "clock_error_seconds"),
+]
 FIRST_BATCH = 1  # the window skips the first batch: it warms up (and sets up the pipeline)
 STEPS = 4
 
@@ -38,11 +43,18 @@ class Timeline:
     """Spans of (step, stage, micro-batch, phase) on the stages' devices.
 
     ``devices`` maps each stage recorded here to its device (a process of the distributed
-    engine records its own stage only).
+    engine records its own stage only); ``clock_error`` bounds how far this host's clock
+    may be off the one of stage 0's host.
     """
 
-    def __init__(self, devices: dict[int, torch.device], origin: float | None = None):
+    def __init__(
+        self,
+        devices: dict[int, torch.device],
+        origin: float | None = None,
+        clock_error: float = 0.0,
+    ):
         self.devices = devices
+        self.host, self.clock_error = socket.gethostname(), clock_error
         self.cuda = sorted({d for d in devices.values() if d.type == "cuda"}, key=str)
         self.step = 0
         self.spans: list[tuple] = []
@@ -107,8 +119,11 @@ class Timeline:
                 return self.origins[device].elapsed_time(stamp) / 1000
             return stamp - self.origin
 
+        clock = (self.host, self.clock_error)
         return [
-            dict(zip(COLUMNS, (step, stage, mb, phase, seconds(stage, a), seconds(stage, b))))
+            dict(
+                zip(COLUMNS, (step, stage, mb, phase, seconds(stage, a), seconds(stage, b), *clock))
+            )
             for step, stage, mb, phase, a, b in self.spans
         ]
 

@@ -45,6 +45,8 @@ SCHEMA = load_schema("timeline")
 COLUMNS = list(SCHEMA["properties"])
 """The header of every timeline.csv, in order."""
 PHASES = SCHEMA["properties"]["phase"]["enum"]
+OLDER_COLUMNS = ["step", "stage", "microbatch", "phase", "start_seconds", "end_seconds"]
+"""The header before the clock columns (host, clock_error_seconds) were added."""
 PASSES = ("forward", "backward")
 """What every (stage, micro-batch) has once a step; a weight pass at most once besides."""
 
@@ -145,17 +147,23 @@ def _check_header(header: list[str], path) -> None:
 
 def read_timeline(path) -> pd.DataFrame:
     """The rows of a timeline.csv, each checked against the schema, with a ``row`` column
-    holding its row number in the file (header = 1)."""
+    holding its row number in the file (header = 1). A file from before the clock columns
+    is read as timed on one clock."""
     lines = runfiles.read_csv_rows(path, TimelineError)
-    _check_header([h.strip() for h in lines[0]], path)
+    header = [h.strip() for h in lines[0]]
+    older = header == COLUMNS[: len(OLDER_COLUMNS)] == OLDER_COLUMNS
+    if not older:
+        _check_header(header, path)
     rows = []
     for lineno, cells in enumerate(lines[1:], start=2):
         if not cells:
             continue
-        if len(cells) != len(COLUMNS):
+        if len(cells) != len(header):
             raise TimelineError(
-                f"{path}: row {lineno}: expected {len(COLUMNS)} values, got {len(cells)}"
+                f"{path}: row {lineno}: expected {len(header)} values, got {len(cells)}"
             )
+        if older:
+            cells = [*cells, "", "0"]
         rows.append({**_parse_row(cells, lineno, path), "row": lineno})
     if not rows:
         raise TimelineError(f"{path}: no rows")
@@ -411,7 +419,7 @@ def draw_timeline(timeline: pd.DataFrame, pipeline: Pipeline, idle: Idle):
         margins["left"] / WIDTH_IN,
         top - 0.2 / height,
         f"measured idle fraction {idle.fraction:.2f} "
-        f"(GPipe formula (K\u22121)/(M+K\u22121) = {idle.gpipe:.2f})",
+        f"(GPipe formula (K\u22121)/(M+K\u22121) = {idle.gpipe:.2f})" + clock_note(timeline),
         va="top",
     )
     handles = [Patch(color=PHASE_COLOURS[p], label=p) for p in phases_of(timeline)]
@@ -425,6 +433,16 @@ def draw_timeline(timeline: pd.DataFrame, pipeline: Pipeline, idle: Idle):
         columnspacing=1.0,
     )
     return fig
+
+
+def clock_note(timeline: pd.DataFrame) -> str:
+    """Where stages ran on several hosts, how their clocks were aligned (each host has its
+    own): the boxes and the idle fraction are as exact as that."""
+    hosts = sorted(h for h in timeline["host"].unique() if h)
+    if len(hosts) < 2:
+        return ""
+    error_ms = timeline["clock_error_seconds"].max() * 1000
+    return f"; hosts {', '.join(hosts)}: clocks aligned at a barrier, within {error_ms:.2g} ms"
 
 
 def save(fig, png, pdf) -> None:
