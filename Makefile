@@ -36,14 +36,20 @@ benchmark: setup
 
 # Two workers (pytest-xdist): the SLURM tests, which mostly wait on the test cluster, run in
 # one while the other trains; a file's tests, and the shared workflow's, stay together
-# (xdist_group in tests/conftest.py). The test cluster is stopped again afterwards if this
-# run started it; one that was already up is left up.
+# (xdist_group in tests/conftest.py). The test clusters (one node; three, which the
+# multinode tests start themselves) are stopped again afterwards if this run started them;
+# one that was already up is left up.
 PYTEST ?= pytest -n 2
+# The three-node cluster is always the default one (its own state folder, name and ports).
+MULTI_NODE = env -u SLURM_TEST_STATE -u SLURM_TEST_CLUSTER -u SLURM_TEST_CTLD_PORT \
+	-u SLURM_TEST_SLURMD_PORT -u SLURM_TEST_DBD_PORT SLURM_TEST_NODES=3
 test: setup
 	@if bash tests/slurm/start_cluster.sh --is-running; then started=; else started=yes; fi; \
+	if $(MULTI_NODE) bash tests/slurm/start_cluster.sh --is-running; then multi=; else multi=yes; fi; \
 	bash tests/slurm/start_cluster.sh || exit $$?; \
 	status=0; $(PYTEST) $(ARGS) || status=$$?; \
 	if [ -n "$$started" ]; then bash tests/slurm/stop_cluster.sh; fi; \
+	if [ -n "$$multi" ]; then $(MULTI_NODE) bash tests/slurm/stop_cluster.sh; fi; \
 	exit $$status
 
 lint: setup

@@ -470,7 +470,7 @@ def start_slurm_cluster(nodes: int = 1) -> str:
         capture_output=True,
         text=True,
         timeout=300,
-        env=os.environ | {"SLURM_TEST_NODES": str(nodes)},
+        env=cluster_script_env(nodes),
     )
     assert start.returncode == 0, (
         f"SLURM test cluster did not start:\n{start.stdout}\n{start.stderr}"
@@ -479,6 +479,22 @@ def start_slurm_cluster(nodes: int = 1) -> str:
     assert os.path.isabs(conf) and os.path.isfile(conf), start.stdout
     assert (cluster_bin(conf) / "srun").is_file(), start.stdout
     return conf
+
+
+# What chooses another state folder, name or ports than the default cluster's.
+CLUSTER_OVERRIDES = [
+    f"SLURM_TEST_{name}" for name in ("STATE", "CLUSTER", "CTLD_PORT", "SLURMD_PORT", "DBD_PORT")
+]
+
+
+def cluster_script_env(nodes: int = 1) -> dict:
+    """The environment of start_cluster.sh/stop_cluster.sh for the cluster of ``nodes``
+    nodes; a multi-node cluster is always the default one of its size (a state folder or
+    ports chosen for the one-node cluster would otherwise be shared with it)."""
+    if nodes == 1:
+        return dict(os.environ)
+    kept = {k: v for k, v in os.environ.items() if k not in CLUSTER_OVERRIDES}
+    return kept | {"SLURM_TEST_NODES": str(nodes)}
 
 
 def cluster_bin(conf: str) -> Path:

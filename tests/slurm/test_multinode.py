@@ -65,7 +65,8 @@ else:
 
 
 def cluster_env() -> dict:
-    return slurm_env() | {"SLURM_TEST_NODES": str(MULTI_NODE)}
+    """The environment of the cluster scripts for this cluster."""
+    return helpers.cluster_script_env(MULTI_NODE)
 
 
 def node_states() -> dict[str, str]:
@@ -227,7 +228,10 @@ def test_a_node_lost_mid_epoch_is_survived_with_the_uninterrupted_metrics(
                 ["bash", str(STOP_SCRIPT), "--power-off", lost], env=cluster_env(), check=True
             )
             cut = time.monotonic()
-            gave_up = wait_for(lambda: "did not answer" in log.read_text(), "rank 0 to give up")
+            gave_up = wait_for(
+                lambda: "did not answer" in log.read_text() or "Timed out" in log.read_text(),
+                "rank 0 to give up",
+            )
             waited = time.monotonic() - cut
             # What SLURM does once the node misses SlurmdTimeout of pings.
             subprocess.run(
