@@ -20,7 +20,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
+# `snakemake --profile slurm` typed in this folder finds ./slurm, a link to profiles/slurm:
+# Snakemake looks for a profile by name in the working folder before your config folders.
+# Nothing is written there; a profile of yours named slurm is left as it is, and named.
 setup: $(VENV)/.installed
+	@for own in "$${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake/slurm" /etc/xdg/snakemake/slurm; do \
+		if [ -e "$$own" ] && ! [ "$$own" -ef profiles/slurm ]; then \
+			echo "note: in this folder, --profile slurm is this workflow's (./slurm -> profiles/slurm)," \
+				"not yours in $$own, which Snakemake finds elsewhere; to use yours here: --profile $$own"; \
+		fi; \
+	done
 
 run: setup
 	@echo "Running the workflow locally on config/config.yaml (profiles/local)."

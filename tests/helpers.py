@@ -55,6 +55,7 @@ def copy_workflow(dest: Path) -> Path:
     """A fresh copy of the workflow (no results, no .snakemake) to run in."""
     dest.mkdir(parents=True)
     shutil.copy2(REPO_ROOT / "Snakefile", dest / "Snakefile")
+    shutil.copy2(REPO_ROOT / "slurm", dest / "slurm", follow_symlinks=False)  # the profile link
     for folder in ("workflow", "config", "profiles"):
         shutil.copytree(
             REPO_ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__")
