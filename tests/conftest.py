@@ -102,8 +102,8 @@ def multinode_cluster():
 
 
 class FinishedWorkflow:
-    """A copy of the workflow after `snakemake`, `snakemake verify` and `--report`, with
-    what each printed. Read it; to change anything, take a ``workflow_copy``."""
+    """A copy of the workflow after `snakemake`, `snakemake verify` and `--report` (HTML and
+    zip), with what each printed. Read it; to change anything, take a ``workflow_copy``."""
 
     def __init__(self, workdir: Path):
         import yaml
@@ -115,13 +115,16 @@ class FinishedWorkflow:
         self.report = self.verify and run_snakemake(
             workdir, "--configfile", "overlay.yaml", "--report", "results/report.html"
         )
+        self.report_zip = self.report and run_snakemake(
+            workdir, "--configfile", "overlay.yaml", "--report", "results/report.zip"
+        )
 
     @staticmethod
     def output_of(result) -> str:
         return f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
 
     def ok(self) -> Path:
-        for step in (self.run, self.verify, self.report):
+        for step in (self.run, self.verify, self.report, self.report_zip):
             assert step and step.returncode == 0, self.output_of(step or self.run)
         return self.workdir
 

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -222,6 +223,24 @@ def report(done):
     html = (done / "results/report.html").read_text()
     assert "<html" in html.lower()
     return done, *report_data(html)
+
+
+def test_the_report_zip_opens_offline_anywhere_with_every_file_it_names(done, tmp_path):
+    """`--report results/report.zip`: one folder with report.html, which loads nothing from
+    the network, and every file it links to beside it."""
+    with zipfile.ZipFile(done / "results/report.zip") as archive:
+        archive.extractall(tmp_path / "elsewhere")
+    html = (tmp_path / "elsewhere/report/report.html").read_text()
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"https?:", html)
+    linked = set(re.findall(r"data/raw/[0-9a-f]+/[^\"'\\]+", html))
+    assert {Path(p).name for p in linked} >= {"loss.png", "accuracy.png", "summary.csv"}
+    missing = [p for p in linked if not (tmp_path / "elsewhere/report" / p).is_file()]
+    assert not missing, missing
+    # The same entries as the one-file HTML report's.
+    assert (
+        report_data(html)[0].keys()
+        == report_data((done / "results/report.html").read_text())[0].keys()
+    )
 
 
 def test_the_landing_paragraph_says_what_on_what_how_many_synthetic_and_verified(report):
