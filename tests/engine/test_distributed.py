@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -146,7 +147,9 @@ def test_run_json_names_engine_schedule_and_every_rank(runs):
 def test_timeline_holds_every_stage_and_micro_batch(runs):
     runs["two_gpipe_m4"].ok()
     lines = (runs["two_gpipe_m4"].out / "timeline.csv").read_text().splitlines()
-    assert lines[0] == "step,stage,microbatch,phase,start_seconds,end_seconds"
+    assert (
+        lines[0] == "step,stage,microbatch,phase,start_seconds,end_seconds,host,clock_error_seconds"
+    )
     rows = [line.split(",") for line in lines[1:]]
     passes = {(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows}
     expected = {
@@ -158,6 +161,8 @@ def test_timeline_holds_every_stage_and_micro_batch(runs):
     }
     assert passes == expected and len(rows) == len(expected)
     assert all(0 <= float(r[4]) <= float(r[5]) for r in rows)
+    # Both stages on this host: one clock, no alignment error.
+    assert {(r[6], r[7]) for r in rows} == {(socket.gethostname(), "0.0")}
     # GPipe on stage 1: its forward of micro-batch 0 starts after stage 0's has ended.
     first = {(int(r[1]), r[3]): float(r[4]) for r in rows if r[0] == "0" and r[2] == "0"}
     ends = {(int(r[1]), r[3]): float(r[5]) for r in rows if r[0] == "0" and r[2] == "0"}

@@ -240,8 +240,11 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
 
 def run_stage_process(params: dict, setup: RunSetup) -> int:
     """One stage's process: 0 when the run is finished or stopped with a checkpoint, 2 for
-    what running again cannot fix, 65 for a non-finite loss; else the error propagates."""
+    what running again cannot fix, 65 for a non-finite loss, 1 when a peer stopped answering
+    or ended (named; transient, like any failure that is not named); else the error
+    propagates."""
     from fmnist.engine.distributed import DistributedEngine, PeerSetupError
+    from fmnist.engine.peers import PeerFailure
     from fmnist.engine.ranks import RankEnvironment, start_process_group, stop_process_group
 
     end_with_launcher()
@@ -252,11 +255,19 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
         ctx = start_process_group(env, params["devices"], setup.process_group_timeout)
         try:
             train(params, setup, DistributedEngine(ctx, params))
+        except RuntimeError as err:
+            if failure := ctx.peers.explain(err):
+                raise failure from err
+            raise
         finally:
+            ctx.peers.stop()
             stop_process_group()
     except (*PERMANENT, PeerSetupError) as err:
         print_error(err)
         return 2
+    except PeerFailure as err:
+        print_error(err)
+        return 1
     except NonFiniteLossError as err:
         print_error(err)
         return EXIT_DIVERGED

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from fmnist.engine.devices import DeviceError, device_name, visible_cuda
+from fmnist.engine.peers import PeerWatch
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RankContext:
     device: torch.device
     backend: str
     ranks: list[dict] = field(default_factory=list)  # each rank's host, device, task id
+    peers: PeerWatch | None = None  # who stopped answering, when a collective fails
 
     @property
     def rank(self) -> int:
@@ -182,6 +184,7 @@ def start_process_group(env: RankEnvironment, requested, timeout_seconds: int) -
     store.set_timeout(timeout)
     ranks = exchange_records(store, rank_record(env, device), env.world_size)
     check_one_process_per_gpu(ranks)
+    peers = PeerWatch(store, env.rank, ranks, timeout_seconds, store_holder(env, ranks))
     dist.init_process_group(
         backend,
         store=dist.PrefixStore("default_pg", store),
@@ -190,7 +193,14 @@ def start_process_group(env: RankEnvironment, requested, timeout_seconds: int) -
         timeout=timeout,
         **({"device_id": device} if backend == "nccl" else {}),
     )
-    return RankContext(env, device, backend, ranks)
+    return RankContext(env, device, backend, ranks, peers)
+
+
+def store_holder(env: RankEnvironment, ranks: list[dict]) -> str:
+    """Who serves the rendezvous store: torchrun's agent, or under srun rank 0's process."""
+    if env.launcher == "torchrun":
+        return f"the rendezvous store (torchrun's, on host {ranks[0]['hostname']})"
+    return f"stage 0's process (rank 0 on host {ranks[0]['hostname']}, which serves the store)"
 
 
 def stop_process_group() -> None:
