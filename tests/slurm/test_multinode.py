@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -189,6 +190,9 @@ def second_node(job: str) -> str:
 
 
 PG_TIMEOUT_S = 20  # the test's process_group_timeout: how long rank 0 waits for its peer
+GAVE_UP = re.compile(
+    rf"stage 1's process \(rank 1 on host (node\d)\) did not answer within {PG_TIMEOUT_S} s"
+)
 
 
 @pytest.mark.timeout(1200)
@@ -228,10 +232,7 @@ def test_a_node_lost_mid_epoch_is_survived_with_the_uninterrupted_metrics(
                 ["bash", str(STOP_SCRIPT), "--power-off", lost], env=cluster_env(), check=True
             )
             cut = time.monotonic()
-            gave_up = wait_for(
-                lambda: "did not answer" in log.read_text() or "Timed out" in log.read_text(),
-                "rank 0 to give up",
-            )
+            gave_up = wait_for(lambda: GAVE_UP.search(log.read_text()), "rank 0 to give up")
             waited = time.monotonic() - cut
             # What SLURM does once the node misses SlurmdTimeout of pings.
             subprocess.run(
@@ -243,7 +244,7 @@ def test_a_node_lost_mid_epoch_is_survived_with_the_uninterrupted_metrics(
     finally:
         if lost:  # the node comes back for the other tests
             subprocess.run(["bash", str(START_SCRIPT)], env=cluster_env(), capture_output=True)
-    assert gave_up
+    assert gave_up[1] == lost, gave_up[0]  # rank 1's host, the one that was lost
     assert reference.returncode == 0, reference_out
     assert workflow.returncode == 0, output
     print(f"rank 0 gave up {waited:.1f} s after the power loss (timeout {PG_TIMEOUT_S} s)")
@@ -257,10 +258,11 @@ def test_a_node_lost_mid_epoch_is_survived_with_the_uninterrupted_metrics(
     history = [state for (state,) in sacct_rows(job, "State", "-D")]
     assert history[-1] == "COMPLETED" and history[0] in ("NODE_FAIL", "REQUEUED"), history
     assert metric_columns(epochs_csv) == metric_columns(tmp_path / "reference/epochs.csv")
-    # No stale process keeps a GPU or a port: only the nodes' slurmd remain.
+    # No stale process keeps a GPU or a port: only the nodes' slurmd remain (the lost node's
+    # started again above).
     wait_for(
-        lambda: all(namespace_commands(n) == ["slurmd"] for n in NODES if n != lost),
+        lambda: all(namespace_commands(n) == ["slurmd"] for n in NODES),
         "the jobs' processes to end",
         60,
     )
-    assert namespace_commands(lost) == []
+    print(f"sacct -D states of job {job}: {history}; hosts at the end: {sorted(last_hosts)}")
