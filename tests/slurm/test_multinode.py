@@ -266,3 +266,53 @@ def test_a_node_lost_mid_epoch_is_survived_with_the_uninterrupted_metrics(
         60,
     )
     print(f"sacct -D states of job {job}: {history}; hosts at the end: {sorted(last_hosts)}")
+
+
+def network_names() -> str:
+    """This machine's network namespaces and links, as ip lists them."""
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return namespaces + links
+
+
+def test_stopping_a_multi_node_cluster_removes_what_it_made_and_nothing_else(
+    multinode_cluster, tmp_path
+):
+    """A second multi-node cluster (two nodes: its own state folder, name, ports, bridge
+    and namespaces) starts beside the three-node one; stopping it ends its daemons and the
+    processes in its namespaces, removes the namespaces, links and bridge, and leaves the
+    other cluster answering."""
+    env = helpers.cluster_script_env(2)
+    start = subprocess.run(
+        ["bash", str(START_SCRIPT)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    conf = start.stdout.strip().splitlines()[-1]
+    assert conf != multinode_cluster and "2nodes" in conf
+    port = next(
+        line.split("=")[1]
+        for line in Path(conf).read_text().splitlines()
+        if line.startswith("SlurmctldPort=")
+    )
+    made = [f"mpsl{port}-node1", f"mpsl{port}-node2", f"mpsl{port}:"]
+    assert all(name in network_names() for name in made), network_names()
+    # A process left in one of its nodes (as a job step would be) goes with it.
+    stray = subprocess.Popen(["ip", "netns", "exec", f"mpsl{port}-node2", "sleep", "300"])
+    time.sleep(0.5)
+    stop = subprocess.run(
+        ["bash", str(STOP_SCRIPT)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert stop.returncode == 0, stop.stderr
+    assert stray.wait(timeout=30) != 0  # ended by the stop
+    assert not any(name in network_names() for name in made), network_names()
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if conf.encode() in read(p)]
+    # The three-node cluster still answers, all its nodes up.
+    assert sorted(node_states()) == NODES
+    assert all(f"mpsl{cluster_port()}-{n}" in network_names() for n in NODES)
+
+
+def read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""  # the process ended meanwhile
