@@ -1,6 +1,7 @@
 # The README's commands. Each sets up what it needs first (a virtual environment in .venv).
 #   make run    the workflow on the default config, locally (GPUs if present, else the CPU)
 #   make demo   the same on a generated SYNTHETIC dataset: offline, about a minute
+#   make status where each run stands (ARGS="--configfile my.yaml --watch 30")
 #   make test   the whole test suite (starts a real single-node SLURM; needs root for apt)
 #   make benchmark  the benchmarks (snakemake benchmark; results/benchmark/)
 SHELL := /bin/bash
@@ -12,12 +13,16 @@ export PATH := $(BIN):$(PATH)
 # Extra arguments for snakemake or pytest, e.g. make run ARGS="--configfile my.yaml"
 ARGS ?=
 
-.PHONY: setup run demo test lint benchmark
+.PHONY: setup run demo status test lint benchmark
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The RO-Crate validator's pins go in without their dependencies: every roc-validator
+# release asks for rich<14, import-linter for rich>=14.2 (it runs with either).
+VALIDATOR = tests/rocrate/requirements-validator.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VALIDATOR)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r $(VALIDATOR)
 	touch $@
 
 # `snakemake --profile slurm` typed in this folder finds ./slurm, a link to profiles/slurm:
@@ -39,6 +44,11 @@ run: setup
 demo: setup
 	@echo "Offline demo on SYNTHETIC data in FashionMNIST's format (config/demo.yaml)."
 	snakemake --profile profiles/local --configfile config/demo.yaml $(ARGS)
+
+# Where each run stands (finished, training, queued, requeued, failed, ...): read only.
+# make status ARGS="--configfile my.yaml --watch 30"
+status: setup
+	python workflow/scripts/status.py $(ARGS)
 
 benchmark: setup
 	snakemake benchmark --profile profiles/local $(ARGS)

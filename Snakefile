@@ -15,6 +15,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/rocrate.smk"
 
 
 rule all:

@@ -145,6 +145,7 @@ def workflow_copy(finished_workflow, tmp_path) -> Path:
 
 
 SHARED_WORKFLOW_FILES = (
+    "tests/report/test_rocrate.py",
     "tests/workflow/test_end_to_end.py",
     "tests/workflow/test_verify_workflow.py",
 )

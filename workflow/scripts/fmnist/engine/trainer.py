@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +42,13 @@ from fmnist.engine.devices import DeviceError, synchronized_elapsed
 from fmnist.engine.model_file import write_model
 from fmnist.engine.step import make_optimizer
 from fmnist.engine.timeline import window, write_timeline
-from fmnist.rundir import runfiles
+from fmnist.rundir import progress, runfiles
 from fmnist.rundir.files import LockedError, exclusive_lock, remove_stale_temporaries
 
 EVAL_CHUNK = 1000
+PROGRESS_SECONDS = 60.0
+"""Within an epoch, the leading process logs a progress line at most this often (a long
+epoch can be followed in its log; a short one logs none)."""
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "try again", and the next try resumes
 SETUP_FAILURES = (LockedError, DataError, IdxFormatError, DeviceError, runfiles.RunFileError)
 """What running again cannot fix: every process of a run fails alike (fmnist.engine's peers)."""
@@ -154,9 +158,24 @@ class Trainer:
         save_shards(shards_path(self.setup.out_dir, self.shards), self.layers, self.optimizer)
         if self.engine.leads:
             save_position(self.checkpoint_path, self.position_state())
+            progress.write_position(self.setup.out_dir, self.position())
             runfiles.remove_shards(
                 self.setup.out_dir, keep=runfiles.shards_folder_name(self.shards)
             )
+
+    def position(self) -> progress.Position:
+        """Where the run stands, for status.py (checkpoint.json: it reads no torch file)."""
+        return progress.Position(
+            self.epoch,
+            self.params["epochs"],
+            self.batches_done,
+            self.num_batches,
+            self.epoch_seconds_so_far,
+            tuple(a["stopped"] for a in self.attempts if a.get("stopped")),
+            run_record.now(),
+            self.history[-1]["test_accuracy"] if self.history else None,
+            statistics.fmean(r["epoch_seconds"] for r in self.history) if self.history else None,
+        )
 
     def note_peak_memory(self) -> None:
         """Each process's peak resident memory so far in this attempt, in its record."""
@@ -174,6 +193,7 @@ class Trainer:
         engine, recorded = self.engine, window(self.num_batches)
         self.model.train()
         started = time.perf_counter()
+        first, next_line = self.batches_done, started + PROGRESS_SECONDS
         for b in range(self.batches_done, self.num_batches):
             if engine.agree_to_stop(stop):
                 self.batches_done = b
@@ -185,9 +205,22 @@ class Trainer:
             engine.run_step(self.step, self.batches, image_batches[b], label_batches[b], losses[b])
             if self.step.timeline is not None and b == recorded[-1]:
                 self.end_timeline(keep=True)
+            if engine.leads and (now := time.perf_counter()) >= next_line:
+                next_line = now + PROGRESS_SECONDS
+                self.log_progress(b + 1, first, now - started)
         self.batches_done = self.num_batches
         self.epoch_seconds_so_far += synchronized_elapsed(started, engine.own_devices)
         return True
+
+    def log_progress(self, done: int, first: int, seconds: float) -> None:
+        """The progress line once ``done`` of the epoch's batches are, ``first`` of them
+        before this attempt's ``seconds`` (timed without a synchronisation: over seconds,
+        the devices' queues hold the host to their pace)."""
+        size, samples = self.params["batch_size"], len(self.train_data)
+        rate = (min(samples, done * size) - first * size) / seconds
+        left = max(0, samples - done * size) / rate
+        epoch, epochs = self.epoch + 1, self.params["epochs"]
+        log(progress.progress_line(epoch, epochs, done, self.num_batches, rate, left))
 
     def record_timeline(self, batch: int, recorded: range) -> None:
         """Start the Timeline at the window's first batch (a window resumed in its middle

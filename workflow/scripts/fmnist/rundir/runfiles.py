@@ -34,6 +34,8 @@ EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE, LOCK_FILE 
 )
 IN_PROGRESS_FILES = (EPOCHS_FILE, CHECKPOINT_FILE, LOCK_FILE)
 """What a run folder holds from the start of training on; run.json comes only at its end."""
+POSITION_FILE = "checkpoint.json"
+"""checkpoint.pt's position in JSON, readable without torch (see fmnist.rundir.progress)."""
 CHECKPOINT_SHARDS = "checkpoint.{number}.dcp"
 """A checkpoint's weights and optimizer state: a torch.distributed.checkpoint folder, a
 shard per stage process; checkpoint.pt (the run's position) names the one it goes with."""
@@ -56,8 +58,9 @@ def remove_shards(folder: Path, keep: str | None = None) -> None:
 
 
 def remove_checkpoint(folder: Path) -> None:
-    """Delete the run's checkpoint, checkpoint.pt first: shards it no longer names are
-    removed by the next attempt if this one is killed in between."""
+    """Delete the run's checkpoint, its position first, then checkpoint.pt: shards it no
+    longer names are removed by the next attempt if this one is killed in between."""
+    (folder / POSITION_FILE).unlink(missing_ok=True)
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
     remove_shards(folder)
 
