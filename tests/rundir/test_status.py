@@ -425,16 +425,22 @@ def test_status_py_never_imports_torch(tmp_path):
 
 
 def test_watch_shows_it_again_until_interrupted(tmp_path):
+    """Ctrl-C ends it, even where it inherits SIGINT ignored (as from a shell's background
+    job, where CI found it running on)."""
     workdir = workflow_folder(tmp_path, {"seed": [0]})
     command = [sys.executable, str(STATUS), "--configfile", "overlay.yaml", "--watch", "0.2"]
     out = tmp_path / "watch.out"
     with out.open("w") as handle:
-        watch = subprocess.Popen(command, cwd=workdir, stdout=handle, text=True)
+        ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+        watch = subprocess.Popen(command, cwd=workdir, stdout=handle, text=True, preexec_fn=ignored)
         deadline = time.monotonic() + 60
         while out.read_text().count("total: 1 run") < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         watch.send_signal(signal.SIGINT)
-        watch.wait(timeout=30)
+        try:
+            watch.wait(timeout=30)
+        finally:
+            watch.kill()  # no stray process if SIGINT did not end it
     shown = out.read_text()
     assert watch.returncode == 0
     assert shown.count("total: 1 run: 1 not started") >= 3

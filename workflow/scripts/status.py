@@ -16,6 +16,7 @@ that cannot be read.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,10 @@ def main(argv=None) -> int:
         sys.stdout.write(show(runs, config, args))
         return 0
     clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    # Ctrl-C ends it even when started from a process that ignores SIGINT (Python then
+    # leaves it ignored, e.g. under a test runner's worker); SIGTERM ends it the same way.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         while True:
             shown = show(runs, config, args)
