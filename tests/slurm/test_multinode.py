@@ -157,7 +157,7 @@ def test_a_two_stage_run_over_two_nodes_equals_the_single_process_engine(
 
 def namespace_commands(node: str) -> list[str]:
     """The command names of every process in ``node``'s network namespace."""
-    netns = f"mpsl{cluster_port()}-{node}"
+    netns = f"mpsl{controller_port()}-{node}"
     pids = subprocess.run(
         ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -170,10 +170,12 @@ def namespace_commands(node: str) -> list[str]:
     return names
 
 
-def cluster_port() -> str:
-    conf = Path(slurm_env()["SLURM_CONF"]).read_text()
+def controller_port(conf: str | None = None) -> str:
+    """The SlurmctldPort of the cluster ``conf`` describes (default: this test's), which
+    the cluster's bridge and namespaces are named after."""
+    text = Path(conf or slurm_env()["SLURM_CONF"]).read_text()
     return next(
-        line.split("=")[1] for line in conf.splitlines() if line.startswith("SlurmctldPort=")
+        line.split("=")[1] for line in text.splitlines() if line.startswith("SlurmctldPort=")
     )
 
 
@@ -289,11 +291,7 @@ def test_stopping_a_multi_node_cluster_removes_what_it_made_and_nothing_else(
     assert start.returncode == 0, start.stdout + start.stderr
     conf = start.stdout.strip().splitlines()[-1]
     assert conf != multinode_cluster and "2nodes" in conf
-    port = next(
-        line.split("=")[1]
-        for line in Path(conf).read_text().splitlines()
-        if line.startswith("SlurmctldPort=")
-    )
+    port = controller_port(conf)
     made = [f"mpsl{port}-node1", f"mpsl{port}-node2", f"mpsl{port}:"]
     assert all(name in network_names() for name in made), network_names()
     # A process left in one of its nodes (as a job step would be) goes with it.
@@ -308,7 +306,7 @@ def test_stopping_a_multi_node_cluster_removes_what_it_made_and_nothing_else(
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if conf.encode() in read(p)]
     # The three-node cluster still answers, all its nodes up.
     assert sorted(node_states()) == NODES
-    assert all(f"mpsl{cluster_port()}-{n}" in network_names() for n in NODES)
+    assert all(f"mpsl{controller_port()}-{n}" in network_names() for n in NODES)
 
 
 def read(path: Path) -> bytes:

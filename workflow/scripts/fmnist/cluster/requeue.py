@@ -57,10 +57,15 @@ def requeue_after_failure(run_dir: Path, budget: int, why: str) -> bool:
 
 def take_failure_requeue(run_dir: Path, budget: int) -> bool:
     """Count one more failure of this run against ``budget``; False once it is spent."""
-    path = run_dir / FAILURE_COUNT_FILE
-    used = int(path.read_text()) if path.is_file() else 0
+    used = failures_requeued(run_dir)
     if used >= budget:
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{used + 1}\n")
+    (run_dir / FAILURE_COUNT_FILE).write_text(f"{used + 1}\n")
     return True
+
+
+def failures_requeued(run_dir: Path) -> int:
+    """The failures of this run requeued so far (0 before the first)."""
+    path = run_dir / FAILURE_COUNT_FILE
+    return int(path.read_text()) if path.is_file() else 0

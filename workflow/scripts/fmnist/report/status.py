@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fmnist.cluster import queue
-from fmnist.cluster.requeue import FAILURE_COUNT_FILE
+from fmnist.cluster.requeue import failures_requeued
 from fmnist.rundir import progress
 from fmnist.rundir.progress import FolderFacts, LogFacts, clock
 
@@ -121,7 +121,7 @@ def collect(
         folder = progress.read_folder(workdir / RUNS_DIR / run)
         sources[run] = Sources(folder)
         if folder.exists and not folder.finished:
-            sources[run].failures = read_count(workdir / RUNS_DIR / run / FAILURE_COUNT_FILE)
+            sources[run].failures = read_count(workdir / RUNS_DIR / run)
         if not folder.finished:
             sources[run].log = progress.read_log(workdir / LOGS_DIR / f"{run}.log")
     if slurm:
@@ -135,9 +135,11 @@ def collect(
     return Status(statuses, notes)
 
 
-def read_count(path: Path) -> int:
+def read_count(run_dir: Path) -> int:
+    """The run's failures requeued so far; 0 for a count that cannot be read (status
+    reports, it does not judge the file)."""
     try:
-        return int(path.read_text().strip() or 0)
+        return failures_requeued(run_dir)
     except (OSError, ValueError):
         return 0
 

@@ -151,7 +151,7 @@ def read_timeline(path) -> pd.DataFrame:
     is read as timed on one clock."""
     lines = runfiles.read_csv_rows(path, TimelineError)
     header = [h.strip() for h in lines[0]]
-    older = header == COLUMNS[: len(OLDER_COLUMNS)] == OLDER_COLUMNS
+    older = header == OLDER_COLUMNS
     if not older:
         _check_header(header, path)
     rows = []
