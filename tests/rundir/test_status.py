@@ -139,6 +139,8 @@ def test_a_run_that_trains_here_is_found_by_its_lock(tmp_path):
         checkpoint(folder, MID_EPOCH)
         write_log(tmp_path, "r", "resuming from ...: epoch 3, batch 151", age=2.0)
         (resumed,) = status.collect({"r": PARAMS}, tmp_path, slurm=False, now=NOW).runs
+        # CI once saw "stopped" here: this names the cause if the sleeper is gone again.
+        assert process.poll() is None, f"the sleeper ended early ({process.returncode})"
         line = progress.progress_line(3, 5, 300, 600, 123.4, 5.0)
         write_log(tmp_path, "r", "Epoch [2/5], Loss: 0.5", line, age=2.0)
         (training,) = status.collect({"r": PARAMS}, tmp_path, slurm=False, now=NOW).runs
