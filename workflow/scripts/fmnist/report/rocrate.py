@@ -47,6 +47,7 @@ from fmnist.rundir.runfiles import (
     EPOCHS_FILE,
     MODEL_FILE,
     RECORD_FILE,
+    RUNS_DIR,
     TIMELINE_FILE,
     Run,
     read_run_dir,
@@ -577,7 +578,7 @@ class CrateBuilder:
         objects = []
         for row in rows:
             if row["run"] in runs:  # an original of this workflow's results/runs
-                objects += [self.files[f"results/runs/{row['run']}/{n}"] for n in COMPARED]
+                objects += [self.files[f"{RUNS_DIR}/{row['run']}/{n}"] for n in COMPARED]
             objects += [self.files[f"results/verify/{row['run']}/{n}"] for n in COMPARED]
         action = self.step_job(
             "compare_reproduction",
@@ -611,7 +612,7 @@ class CrateBuilder:
         for run in runs:
             self.training(run, "train_model_parallel", "runs", compute.get(run.run_id, []))
         for run in runs:
-            folder = f"results/runs/{run.run_id}"
+            folder = f"{RUNS_DIR}/{run.run_id}"
             self.step_job(
                 "plot_pipeline_timeline",
                 f"#plot_pipeline_timeline/{run.run_id}",
@@ -623,7 +624,7 @@ class CrateBuilder:
             "gather_tables",
             "#gather_tables",
             "tables of every run and the compute statement",
-            [self.files[f"results/runs/{r.run_id}/{n}"] for r in runs for n in RUN_FILES[:2]],
+            [self.files[f"{RUNS_DIR}/{r.run_id}/{n}"] for r in runs for n in RUN_FILES[:2]],
             [(f"tables/{name}", f"tables/{name}") for name in TABLES],
         )
         statement = (results / "tables" / "compute.md").read_text().split("\n\n")[0]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from fmnist.cluster import queue
 from fmnist.cluster.requeue import failures_requeued
-from fmnist.rundir import progress
+from fmnist.rundir import progress, runfiles
 from fmnist.rundir.progress import FolderFacts, LogFacts, clock
 
-RUNS_DIR = Path("results", "runs")
+RUNS_DIR = Path(runfiles.RUNS_DIR)
 LOGS_DIR = Path("results", "logs", queue.RULE)
 STATES = ("finished", "training", "waiting", "requeued", "stopped", "failed", "not started")
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "RESIZING", "SIGNALING"}

@@ -24,6 +24,9 @@ import jsonschema
 from fmnist.rundir.files import WriteError, atomic_write_text
 from fmnist.schemas import load_schema
 
+RUNS_DIR = "results/runs"
+"""Where the workflow keeps its run folders (train.smk's outputs), from its working
+directory."""
 EPOCHS_FILE, RECORD_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE, LOCK_FILE = (
     "epochs.csv",
     "run.json",

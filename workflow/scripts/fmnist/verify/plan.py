@@ -21,7 +21,7 @@ from fmnist.config import settings
 from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.rundir import runfiles
 
-DEFAULT_SOURCE = "results/runs"
+DEFAULT_SOURCE = runfiles.RUNS_DIR
 VERIFY_DIR = "results/verify"
 REPRODUCTION = f"{VERIFY_DIR}/reproduction.csv"
 RUN_FILES = (runfiles.EPOCHS_FILE, runfiles.RECORD_FILE, runfiles.MODEL_FILE)
