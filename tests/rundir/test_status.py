@@ -128,19 +128,21 @@ def test_a_run_that_trains_here_is_found_by_its_lock(tmp_path):
     run's folder (the folder name in its command line, read from /proc)."""
     folder = run_folder(tmp_path, "r", epochs_done=2)
     command = [
-        sys.executable, "-c", "import time; time.sleep(60)", "workflow/scripts/train.py",
-        "--out-dir", f"results/runs/{folder.name}",
+        sys.executable, "-c", "import time; print(flush=True); time.sleep(60)",
+        "workflow/scripts/train.py", "--out-dir", f"results/runs/{folder.name}",
     ]  # fmt: skip
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
     try:
+        # Popen returns once execve has dropped the old program, which can be before the
+        # new one's arguments are in /proc/PID/cmdline: wait until it runs (a real holder
+        # writes the lock file only once it runs).
+        process.stdout.readline()
         holder = f"process {process.pid} on {socket.gethostname()}"
         (folder / runfiles.LOCK_FILE).write_text(holder + "\n")
         # Resumed in the middle of epoch 3, before its first progress line.
         checkpoint(folder, MID_EPOCH)
         write_log(tmp_path, "r", "resuming from ...: epoch 3, batch 151", age=2.0)
         (resumed,) = status.collect({"r": PARAMS}, tmp_path, slurm=False, now=NOW).runs
-        # CI once saw "stopped" here: this names the cause if the sleeper is gone again.
-        assert process.poll() is None, f"the sleeper ended early ({process.returncode})"
         line = progress.progress_line(3, 5, 300, 600, 123.4, 5.0)
         write_log(tmp_path, "r", "Epoch [2/5], Loss: 0.5", line, age=2.0)
         (training,) = status.collect({"r": PARAMS}, tmp_path, slurm=False, now=NOW).runs
