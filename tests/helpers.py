@@ -236,6 +236,17 @@ def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.01)
 
 
+def wait_for_exec(proc: subprocess.Popen, program: str) -> None:
+    """Wait until ``proc`` runs ``program`` (the first word of its command line). Popen
+    returns once execve has dropped the old program, which can be before the new one's
+    arguments are in /proc/PID/cmdline; a program it starts (ip netns exec) execs later."""
+    deadline = time.monotonic() + TIMEOUT
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0] != program.encode():
+        assert proc.poll() is None, f"{program} ended ({proc.returncode}) before it ran"
+        assert time.monotonic() < deadline, f"{program} never ran"
+        time.sleep(0.01)
+
+
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO_ROOT as REPO
-from helpers import START_SCRIPT
+from helpers import START_SCRIPT, wait_for_exec
 
 pytestmark = pytest.mark.slurm
 
@@ -287,6 +287,7 @@ def test_stop_signals_only_daemons_started_for_its_state_folder(slurm_cluster, s
     shutil.copy("/bin/sleep", stand_in)
     sleeper = subprocess.Popen([str(stand_in), "120"])
     try:
+        wait_for_exec(sleeper, str(stand_in))  # a slurmd by its name, not one of ours
         run_dir = state_dir / "run/slurm"
         run_dir.mkdir(parents=True)
         (run_dir / "slurmd.pid").write_text(f"{sleeper.pid}\n")
