@@ -511,6 +511,27 @@ def test_help(capsys):
         assert flag in out
 
 
+def test_help_and_a_bad_argument_answer_before_torch_is_imported(tmp_path):
+    """torch takes seconds to import: train.py's help and its argument errors come first."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(TRAIN_SCRIPT.parent)!r}); import train\n"
+        "for argv in (['--help'], ['--data-dir', 'd', '--out-dir', 'o', '--epochs', '0']):\n"
+        "    try:\n"
+        "        train.parse_args(argv)\n"
+        "    except SystemExit as stop:\n"
+        "        print(stop.code, file=sys.stderr)\n"
+        "print('torch' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True
+    )
+    lines = result.stderr.splitlines()
+    assert "error: argument --epochs: train.epochs: 0 is less than the minimum of 1" in (
+        result.stderr
+    )
+    assert [lines[i] for i in (0, -2, -1)] == ["0", "2", "False"], result.stderr
+
+
 def test_more_microbatches_than_batch_rows_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_py.parse_args(cli(tmp_path, tmp_path, batch_size=4, microbatches=5))
@@ -746,7 +767,7 @@ def test_a_gpu_out_of_memory_names_gpu_memory_not_mem_mb(
             "79.19 GiB of which 1.06 GiB is free."
         )
 
-    monkeypatch.setattr(train_py, "train", full_gpu)
+    monkeypatch.setattr("fmnist.engine.trainer.train", full_gpu)  # train.py imports it late
     with pytest.raises(SystemExit) as exit_:
         train_py.main(cli(synthetic_data, tmp_path / "run"))
     err = capsys.readouterr().err

@@ -26,6 +26,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fmnist.cluster.requeue import FAILURE_COUNT_FILE, requeue_after_failure, requeue_self
 from fmnist.config import settings
@@ -34,23 +35,20 @@ from fmnist.config.naming import RUN_ID_RULE, is_run_id
 from fmnist.config.stages import process_count, stage_count
 from fmnist.console import log, quiet
 from fmnist.data.idx import DataError, IdxFormatError, read_md5_file
-from fmnist.engine.devices import DeviceError, resolve_devices
 from fmnist.engine.launch import (
     EXIT_DIVERGED,
     end_with_launcher,
     exit_status_text,
     launch_stages,
 )
-from fmnist.engine.single_process import SingleProcessEngine
-from fmnist.engine.trainer import (
-    EXIT_RESUMABLE,
-    NonFiniteLossError,
-    RunSetup,
-    configure_determinism,
-    train,
-)
 from fmnist.rundir.files import NEEDS_SOMEONE, LockedError, WriteError
 from fmnist.rundir.runfiles import RunFileError, RunFolderState, remove_checkpoint
+
+if TYPE_CHECKING:
+    from fmnist.engine.trainer import RunSetup
+
+# torch takes seconds to import: the modules that need it are imported once the arguments
+# are known to be good, so that --help and a bad argument answer at once.
 
 
 def available_cpus() -> int:
@@ -120,6 +118,8 @@ def parse_args(argv=None) -> tuple[dict, RunSetup]:
         expected = read_md5_file(args.md5_file) if args.md5_file else None
     except (OSError, ValueError) as err:
         parser.error(f"--md5-file: {err}")
+    from fmnist.engine.trainer import RunSetup
+
     setup = RunSetup(
         args.data_dir,
         args.out_dir,
@@ -146,12 +146,24 @@ def fail(message: str):
     raise SystemExit(2)
 
 
-PERMANENT = (DeviceError, DataError, IdxFormatError, LockedError, RunFileError)
-"""Failures that running again cannot fix: exit 2 with the message, never requeued."""
+def permanent_failures() -> tuple[type[Exception], ...]:
+    """Failures that running again cannot fix: exit 2 with the message, never requeued."""
+    from fmnist.engine.devices import DeviceError
+
+    return (DeviceError, DataError, IdxFormatError, LockedError, RunFileError)
 
 
 def main(argv=None) -> int:
     params, setup = parse_args(argv)
+    from fmnist.engine.devices import resolve_devices
+    from fmnist.engine.single_process import SingleProcessEngine
+    from fmnist.engine.trainer import (
+        EXIT_RESUMABLE,
+        NonFiniteLossError,
+        configure_determinism,
+        train,
+    )
+
     configure_determinism(setup.threads)
     if setup.stage_process:
         return run_stage_process(params, setup)
@@ -162,7 +174,7 @@ def main(argv=None) -> int:
             devices, why = resolve_devices(params["devices"], stage_count(params))
             log(why)
             finished = train(params, setup, SingleProcessEngine(devices))
-    except PERMANENT as err:
+    except permanent_failures() as err:
         fail(str(err))
     except NonFiniteLossError as err:  # the same settings diverge again: never requeued
         print_error(err)
@@ -223,6 +235,8 @@ def run_stage_processes(params: dict, setup: RunSetup, argv: list[str]) -> bool:
     if status == 2:
         fail("a stage's process could not train this run (its error is above)")
     if status == EXIT_DIVERGED:
+        from fmnist.engine.trainer import NonFiniteLossError
+
         raise NonFiniteLossError("a stage's process found a non-finite loss (see above)")
     if status != 0:
         raise StageProcessesFailed(f"a stage's process failed ({exit_status_text(status)})")
@@ -246,6 +260,7 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
     from fmnist.engine.distributed import DistributedEngine, PeerSetupError
     from fmnist.engine.peers import PeerFailure
     from fmnist.engine.ranks import RankEnvironment, start_process_group, stop_process_group
+    from fmnist.engine.trainer import NonFiniteLossError, train
 
     end_with_launcher()
     try:
@@ -262,7 +277,7 @@ def run_stage_process(params: dict, setup: RunSetup) -> int:
         finally:
             ctx.peers.stop()
             stop_process_group()
-    except (*PERMANENT, PeerSetupError) as err:
+    except (*permanent_failures(), PeerSetupError) as err:
         print_error(err)
         return 2
     except PeerFailure as err:
