@@ -236,14 +236,15 @@ def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.01)
 
 
-def wait_for_exec(proc: subprocess.Popen, program: str) -> None:
-    """Wait until ``proc`` runs ``program`` (the first word of its command line). Popen
-    returns once execve has dropped the old program, which can be before the new one's
-    arguments are in /proc/PID/cmdline; a program it starts (ip netns exec) execs later."""
+def wait_for_exec(proc: subprocess.Popen, *argv: str) -> None:
+    """Wait until ``proc`` runs the command line ``argv``. Popen returns once execve has
+    dropped the old program, which can be before the new one's arguments are in
+    /proc/PID/cmdline; a program it starts (ip netns exec) execs later still."""
     deadline = time.monotonic() + TIMEOUT
-    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0] != program.encode():
-        assert proc.poll() is None, f"{program} ended ({proc.returncode}) before it ran"
-        assert time.monotonic() < deadline, f"{program} never ran"
+    expected = [word.encode() for word in argv]
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1] != expected:
+        assert proc.poll() is None, f"{argv[0]} ended ({proc.returncode}) before it ran"
+        assert time.monotonic() < deadline, f"{argv[0]} never ran"
         time.sleep(0.01)
 
 

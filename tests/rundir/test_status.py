@@ -22,7 +22,7 @@ from fmnist.cluster import queue
 from fmnist.cluster.requeue import FAILURE_COUNT_FILE
 from fmnist.report import status
 from fmnist.rundir import progress, runfiles
-from helpers import BASE_PARAMS, REPO_ROOT, RUN_HEADER, SCRIPTS_DIR, write_run
+from helpers import BASE_PARAMS, REPO_ROOT, RUN_HEADER, SCRIPTS_DIR, wait_for_exec, write_run
 
 STATUS = SCRIPTS_DIR / "status.py"
 NOW = 1_800_000_000.0  # the moment the status is taken, in these tests
@@ -128,15 +128,12 @@ def test_a_run_that_trains_here_is_found_by_its_lock(tmp_path):
     run's folder (the folder name in its command line, read from /proc)."""
     folder = run_folder(tmp_path, "r", epochs_done=2)
     command = [
-        sys.executable, "-c", "import time; print(flush=True); time.sleep(60)",
-        "workflow/scripts/train.py", "--out-dir", f"results/runs/{folder.name}",
+        sys.executable, "-c", "import time; time.sleep(60)", "workflow/scripts/train.py",
+        "--out-dir", f"results/runs/{folder.name}",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    process = subprocess.Popen(command)
     try:
-        # Popen returns once execve has dropped the old program, which can be before the
-        # new one's arguments are in /proc/PID/cmdline: wait until it runs (a real holder
-        # writes the lock file only once it runs).
-        process.stdout.readline()
+        wait_for_exec(process, *command)  # a real holder writes its lock once it runs
         holder = f"process {process.pid} on {socket.gethostname()}"
         (folder / runfiles.LOCK_FILE).write_text(holder + "\n")
         # Resumed in the middle of epoch 3, before its first progress line.

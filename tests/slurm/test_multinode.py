@@ -296,7 +296,7 @@ def test_stopping_a_multi_node_cluster_removes_what_it_made_and_nothing_else(
     assert all(name in network_names() for name in made), network_names()
     # A process left in one of its nodes (as a job step would be) goes with it.
     stray = subprocess.Popen(["ip", "netns", "exec", f"mpsl{port}-node2", "sleep", "300"])
-    helpers.wait_for_exec(stray, "sleep")  # ip has entered the node's namespace
+    helpers.wait_for_exec(stray, "sleep", "300")  # ip has entered the namespace
     stop = subprocess.run(
         ["bash", str(STOP_SCRIPT)], env=env, capture_output=True, text=True, timeout=300
     )

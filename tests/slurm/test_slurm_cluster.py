@@ -287,7 +287,7 @@ def test_stop_signals_only_daemons_started_for_its_state_folder(slurm_cluster, s
     shutil.copy("/bin/sleep", stand_in)
     sleeper = subprocess.Popen([str(stand_in), "120"])
     try:
-        wait_for_exec(sleeper, str(stand_in))  # a slurmd by its name, not one of ours
+        wait_for_exec(sleeper, str(stand_in), "120")  # a slurmd by name, not ours
         run_dir = state_dir / "run/slurm"
         run_dir.mkdir(parents=True)
         (run_dir / "slurmd.pid").write_text(f"{sleeper.pid}\n")
